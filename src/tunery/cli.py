@@ -1,0 +1,111 @@
+"""The command line. Thin: parse, call the library, print. Heavy imports happen inside commands
+so `tunery --help` is instant."""
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import TuneryError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune language models on your own examples, prove what changed, serve them.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and check datasets.")
+app.add_typer(data_app, name="data")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="default, a model folder, a .gguf file or a cached hub id"),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="The user message"),
+    system: Optional[str] = typer.Option(None, "--system", help="A system message"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 is greedy"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+):
+    """Answer one prompt, rendered through the model's chat template."""
+    from .generate import generate as run
+
+    print(run(model, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
+
+
+@data_app.command("check")
+def data_check(
+    file: Path = typer.Argument(..., help="A .jsonl, .json, .csv or .parquet dataset"),
+    model: str = typer.Option("default", "--model", "-m", help="Model whose tokenizer and chat template are used"),
+    max_length: int = typer.Option(2048, "--max-length", min=8),
+    overlong: str = typer.Option("drop", "--overlong", help="drop | truncate | error"),
+    mask: str = typer.Option("assistant", "--mask", help="assistant | last | all"),
+    format: str = typer.Option("auto", "--format", help="auto | chat | completion | alpaca | sharegpt | text"),
+    template: Optional[str] = typer.Option(None, "--template", help="A Jinja chat template file"),
+    show: Optional[int] = typer.Option(None, "--show", help="Print example K with its trained tokens highlighted"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+):
+    """Report every problem in a dataset file and what training would see."""
+    from .config import DataConfig
+    from .data.doctor import check_dataset, render_example
+    from .models import load_tokenizer
+
+    cfg = _validated(DataConfig, model=model, max_length=max_length, overlong=overlong, mask=mask,
+                     format=format, template=template)
+    tokenizer = load_tokenizer(cfg.model)
+    report = check_dataset(file, cfg, tokenizer=tokenizer)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        from .data.report import print_report
+
+        print_report(report, _console())
+    if show is not None:
+        line, pieces = render_example(file, show, cfg, tokenizer=tokenizer)
+        from .data.report import print_example
+
+        print_example(show, line, pieces, _console(stderr=as_json))
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
+def _validated(model_cls, **values):
+    from pydantic import ValidationError
+
+    from .errors import ConfigError
+
+    try:
+        return model_cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except TuneryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

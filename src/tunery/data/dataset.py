@@ -1,0 +1,132 @@
+"""One streaming pass over a dataset file: read → normalise → render → mask → length policy.
+
+The data doctor and training share this pass, so what the doctor reports is exactly what
+training would use.
+"""
+
+import hashlib
+import itertools
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from .formats import FORMATS, Invalid, detect_file_format, normalise
+from .readers import read_rows
+from .render import OVERLONG_POLICIES, Encoded, Renderer, apply_max_length
+from .types import Issue
+
+CHUNK = 1024  # examples per batched tokenizer call
+
+
+@dataclass
+class Example:
+    line: int
+    input_ids: list[int]
+    loss_mask: list[int]
+
+    @property
+    def n_trained(self) -> int:
+        return sum(self.loss_mask)
+
+
+@dataclass
+class Scan:
+    path: Path
+    format: str
+    examples: int = 0
+    errors: list[Issue] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # tokens per usable example, before truncation
+    kept: list[Example] = field(default_factory=list)  # filled only when keep=True
+    n_kept: int = 0
+    trained_tokens: int = 0
+    epoch_tokens: int = 0
+    dropped: int = 0
+    truncated: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_if_errors(self) -> None:
+        """Training refuses a file with errors: one line naming the first and how to see all."""
+        if self.errors:
+            first = self.errors[0]
+            more = f" (and {len(self.errors) - 1} more; run `tunery data check {self.path}`)" if len(self.errors) > 1 else ""
+            raise DataError(f"{self.path}:{first.line}: {first.message} [{first.code}]{more}")
+
+
+def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong: str = "drop",
+              fmt: str = "auto", keep: bool = False) -> Scan:
+    path = Path(path)
+    if overlong not in OVERLONG_POLICIES:
+        raise DataError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got {overlong!r}")
+    rows = read_rows(path)
+    head = list(itertools.islice(rows, 64))
+    if fmt == "auto":
+        fmt = detect_file_format(head, str(path)) if head else "chat"
+    elif fmt not in FORMATS:
+        raise DataError(f"format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+    scan = Scan(path=path, format=fmt)
+    seen: dict[bytes, int] = {}
+    rows = itertools.chain(head, rows)
+    while chunk := list(itertools.islice(rows, CHUNK)):
+        convs = []
+        for line, row in chunk:
+            scan.examples += 1
+            conv, issues = normalise(line, row, fmt)
+            scan.errors.extend(issues)
+            if conv is None:
+                continue
+            key = hashlib.blake2b(json.dumps([conv.messages, conv.tools, conv.text], sort_keys=True,
+                                             default=str).encode(), digest_size=16).digest()
+            if key in seen:
+                scan.warnings.append(Issue(line, "duplicate", f"exact duplicate of line {seen[key]}"))
+            else:
+                seen[key] = line
+            convs.append(conv)
+        for conv, enc in zip(convs, renderer.encode_many(convs)):
+            _account(scan, conv.line, enc, max_length, overlong, keep)
+    if scan.examples == 0:
+        scan.errors.append(Issue(0, "empty_file", "the file holds no examples"))
+    return scan
+
+
+def _account(scan: Scan, line: int, enc: "Encoded | Invalid", max_length: int, overlong: str, keep: bool) -> None:
+    if isinstance(enc, Invalid):
+        scan.errors.append(Issue(line, enc.code, str(enc)))
+        return
+    scan.lengths.append(len(enc.input_ids))
+    fitted = apply_max_length(enc, max_length, overlong)
+    if isinstance(fitted, Invalid):
+        if overlong == "error" or fitted.code == "nothing_trainable":
+            scan.errors.append(Issue(line, fitted.code, str(fitted)))
+        else:
+            scan.dropped += 1
+            scan.warnings.append(Issue(line, "too_long", f"{fitted} (dropped)"))
+        return
+    if fitted is not None:
+        scan.truncated += 1
+        scan.warnings.append(Issue(line, "truncated", f"{fitted.length_before_truncation} tokens truncated to {max_length}"))
+        enc = fitted
+    scan.n_kept += 1
+    scan.trained_tokens += enc.n_trained
+    scan.epoch_tokens += len(enc.input_ids)
+    if keep:
+        scan.kept.append(Example(line, enc.input_ids, enc.loss_mask))
+
+
+def split_examples(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Seeded, deterministic train/validation split; at least one example on each side."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_split must be between 0 and 1, got {val_fraction}")
+    if len(examples) < 2:
+        raise DataError(f"need at least 2 examples to split off a validation set, have {len(examples)}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(examples) - 1, max(1, round(len(examples) * val_fraction)))
+    val = sorted(order[:n_val])
+    train = sorted(order[n_val:])
+    return [examples[i] for i in train], [examples[i] for i in val]

@@ -1,0 +1,119 @@
+"""The data doctor: everything wrong with a dataset file, and what training would see, before
+any compute is spent."""
+
+import itertools
+import statistics
+from pathlib import Path
+
+from ..config import DataConfig, suggest_epochs
+from ..errors import DataError
+from .dataset import Scan, scan_file
+from .formats import Invalid, normalise
+from .readers import read_rows
+from .render import Renderer
+from .template import load_template
+
+MAX_LISTED = 10_000  # issues kept in a report; the counts stay exact beyond it
+
+
+def make_renderer(tokenizer, cfg: DataConfig) -> Renderer:
+    return Renderer(tokenizer, load_template(tokenizer, cfg.template), cfg.mask)
+
+
+def check_dataset(path: str | Path, cfg: DataConfig | None = None, tokenizer=None, **overrides) -> dict:
+    """Check a dataset file against a model's template; return the report as a plain dict.
+
+    The report's shape is the `tunery data check --json` output:
+    {"ok", "examples", "good", "errors": [{"line","code","message"}], "warnings": [...], "stats"}.
+    """
+    cfg = (cfg or DataConfig()).model_copy(update=overrides)
+    if tokenizer is None:
+        from ..models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    scan = scan_file(path, make_renderer(tokenizer, cfg), max_length=cfg.max_length,
+                     overlong=cfg.overlong, fmt=cfg.format)
+    return report_from_scan(scan, cfg)
+
+
+def report_from_scan(scan: Scan, cfg: DataConfig) -> dict:
+    lengths = sorted(scan.lengths)
+    stats = {
+        "file": str(scan.path),
+        "format": scan.format,
+        "model": cfg.model,
+        "mask": cfg.mask,
+        "max_length": cfg.max_length,
+        "overlong": cfg.overlong,
+        "bad": len({e.line for e in scan.errors}),
+        "dropped": scan.dropped,
+        "truncated": scan.truncated,
+        "duplicates": sum(1 for w in scan.warnings if w.code == "duplicate"),
+        "tokens_per_example": _summary(lengths),
+        "histogram": _histogram(lengths),
+        "trainable_tokens": scan.trained_tokens,
+        "tokens_per_epoch": scan.epoch_tokens,
+        "suggested_epochs": suggest_epochs(scan.n_kept),
+    }
+    return {
+        "ok": scan.ok,
+        "examples": scan.examples,
+        "good": scan.n_kept,
+        "errors": [e.as_dict() for e in scan.errors[:MAX_LISTED]],
+        "warnings": [w.as_dict() for w in scan.warnings[:MAX_LISTED]],
+        "error_count": len(scan.errors),
+        "warning_count": len(scan.warnings),
+        "stats": stats,
+    }
+
+
+def _summary(lengths: list[int]) -> dict:
+    if not lengths:
+        return {"min": 0, "median": 0, "p95": 0, "max": 0, "mean": 0}
+    p95 = lengths[min(len(lengths) - 1, int(round(0.95 * (len(lengths) - 1))))]
+    return {"min": lengths[0], "median": statistics.median(lengths), "p95": p95, "max": lengths[-1],
+            "mean": round(sum(lengths) / len(lengths), 1)}
+
+
+def _histogram(lengths: list[int], bins: int = 10) -> list[dict]:
+    if not lengths:
+        return []
+    lo, hi = lengths[0], lengths[-1]
+    width = max(1, -(-(hi - lo + 1) // bins))
+    counts = [0] * bins
+    for n in lengths:
+        counts[min(bins - 1, (n - lo) // width)] += 1
+    return [{"lo": lo + i * width, "hi": lo + (i + 1) * width - 1, "count": c} for i, c in enumerate(counts) if c or i * width + lo <= hi]
+
+
+def render_example(path: str | Path, k: int, cfg: DataConfig, tokenizer=None) -> tuple[int, list[tuple[str, bool]]]:
+    """Example k (1-based) as (line, [(text, trained)]) pieces, grouped by mask value."""
+    if tokenizer is None:
+        from ..models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    renderer = make_renderer(tokenizer, cfg)
+    rows = read_rows(path)
+    if cfg.format == "auto":
+        from .formats import detect_file_format
+
+        head = list(itertools.islice(rows, 64))
+        fmt = detect_file_format(head, str(path))
+        rows = itertools.chain(head, rows)
+    else:
+        fmt = cfg.format
+    picked = next(itertools.islice(rows, k - 1, k), None) if k >= 1 else None
+    if picked is None:
+        raise DataError(f"{path}: there is no example {k} (examples are numbered from 1)")
+    line, row = picked
+    conv, issues = normalise(line, row, fmt)
+    if conv is None:
+        raise DataError(f"{path}:{line}: {issues[0].message} [{issues[0].code}]")
+    enc = renderer.encode_many([conv])[0]
+    if isinstance(enc, Invalid):
+        raise DataError(f"{path}:{line}: {enc} [{enc.code}]")
+    pieces = []
+    for trained, group in itertools.groupby(zip(enc.input_ids, enc.loss_mask), key=lambda p: p[1]):
+        ids = [t for t, _ in group]
+        pieces.append((tokenizer.decode(ids, skip_special_tokens=False), bool(trained)))
+    return line, pieces

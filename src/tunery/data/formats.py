@@ -1,0 +1,224 @@
+"""Dataset formats, detected per file, all normalised into `Conversation`.
+
+  chat        {"messages": [{"role", "content", "weight"?, "tool_calls"?}], "tools"?}  (OpenAI)
+  completion  {"prompt", "completion"}
+  alpaca      {"instruction", "input"?, "output", "system"?}
+  sharegpt    {"conversations": [{"from", "value"}], "system"?}
+  text        {"text"}   (no chat template: every token is trained)
+"""
+
+import json
+
+from ..errors import DataError
+from .readers import RowError
+from .types import Conversation, Issue
+
+FORMATS = ("chat", "completion", "alpaca", "sharegpt", "text")
+ROLES = {"system", "user", "assistant", "tool"}
+ROLE_ALIASES = {"developer": "system"}  # the OpenAI API's newer name for system
+SHAREGPT_ROLES = {
+    "system": "system", "human": "user", "user": "user", "gpt": "assistant",
+    "assistant": "assistant", "model": "assistant", "bing": "assistant", "chatgpt": "assistant",
+    "function_call": "assistant", "observation": "tool", "tool": "tool",
+}
+
+
+class Invalid(Exception):
+    """One example is unusable; carries the doctor's error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def detect_format(row: dict) -> str | None:
+    if "messages" in row:
+        return "chat"
+    if "conversations" in row:
+        return "sharegpt"
+    if "prompt" in row and "completion" in row:
+        return "completion"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "text" in row:
+        return "text"
+    return None
+
+
+def detect_file_format(rows: list[tuple[int, object]], where: str) -> str:
+    """The format of a file, from its first objects; a file must hold one format throughout."""
+    seen: dict[str, int] = {}
+    for _, row in rows:
+        if isinstance(row, dict):
+            fmt = detect_format(row)
+            if fmt:
+                seen[fmt] = seen.get(fmt, 0) + 1
+    if not seen:
+        raise DataError(
+            f"{where}: cannot tell the dataset format: expected rows with 'messages' (chat), "
+            "'prompt'+'completion', 'instruction'+'output' (alpaca), 'conversations' (sharegpt) "
+            "or 'text'; pass --format to say which"
+        )
+    return max(seen, key=seen.get)
+
+
+def normalise(line: int, row: object, fmt: str) -> tuple[Conversation | None, list[Issue]]:
+    """Return the conversation, or None with the issues that make it unusable."""
+    if isinstance(row, RowError):
+        return None, [Issue(line, row.code, row.message)]
+    if not isinstance(row, dict):
+        return None, [Issue(line, "not_object", f"expected a JSON object, got {_kind(row)}")]
+    try:
+        conv = _NORMALISERS[fmt](row)
+    except Invalid as exc:
+        return None, [Issue(line, exc.code, str(exc))]
+    conv.line = line
+    return conv, []
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _text(value, field: str, *, allow_empty: bool = False) -> str:
+    if value is None:
+        raise Invalid("missing_content", f"'{field}' is missing")
+    if isinstance(value, list):  # OpenAI content parts: keep the text parts
+        parts = []
+        for part in value:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise Invalid("content_type", f"'{field}' holds a non-text part; only text parts are supported")
+            parts.append(part["text"])
+        value = "".join(parts)
+    if not isinstance(value, str):
+        raise Invalid("content_type", f"'{field}' must be a string, got {_kind(value)}")
+    if not allow_empty and not value.strip():
+        raise Invalid("empty_content", f"'{field}' is empty")
+    return value
+
+
+def _chat(row: dict) -> Conversation:
+    if "messages" not in row:
+        raise Invalid("missing_messages", "missing 'messages'")
+    messages = row["messages"]
+    if not isinstance(messages, list):
+        raise Invalid("messages_not_list", f"'messages' must be a list, got {_kind(messages)}")
+    conv = Conversation(tools=_tools(row.get("tools")))
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise Invalid("not_object", f"{where} must be an object, got {_kind(msg)}")
+        role = msg.get("role")
+        role = ROLE_ALIASES.get(role, role)
+        if role not in ROLES:
+            raise Invalid("unknown_role", f"{where}.role {msg.get('role')!r} is not one of system, user, assistant, tool")
+        out = {"role": role}
+        tool_calls = msg.get("tool_calls")
+        if tool_calls:
+            out["tool_calls"] = _tool_calls(tool_calls, where)
+        content = msg.get("content")
+        if tool_calls and content is None:
+            content = ""  # an assistant turn that only calls tools may have no text
+        out["content"] = _text(content, f"{where}.content", allow_empty=bool(tool_calls))
+        for key in ("name", "tool_call_id"):
+            if key in msg:
+                out[key] = msg[key]
+        conv.messages.append(out)
+        conv.weights.append(_weight(msg, where, role))
+    return _finish(conv)
+
+
+def _weight(msg: dict, where: str, role: str) -> float | None:
+    if "weight" not in msg or msg["weight"] is None:
+        return None
+    w = msg["weight"]
+    if w not in (0, 1) or isinstance(w, bool):
+        raise Invalid("bad_weight", f"{where}.weight must be 0 or 1, got {w!r}")
+    if role != "assistant":
+        raise Invalid("bad_weight", f"{where}.weight is only meaningful on assistant messages")
+    return float(w)
+
+
+def _tool_calls(calls, where: str) -> list[dict]:
+    if not isinstance(calls, list):
+        raise Invalid("content_type", f"{where}.tool_calls must be a list")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise Invalid("bad_tool_call", f"{where}.tool_calls[{j}] needs function.name")
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError as exc:
+                raise Invalid("bad_tool_arguments",
+                              f"{where}.tool_calls[{j}].function.arguments is not valid JSON: {exc.msg}") from None
+        if not isinstance(args, dict):
+            raise Invalid("bad_tool_arguments", f"{where}.tool_calls[{j}].function.arguments must be a JSON object")
+        # Chat templates expect arguments as a mapping (they serialise it themselves).
+        out.append({"type": "function", "id": call.get("id"), "function": {"name": fn["name"], "arguments": args}})
+    return out
+
+
+def _tools(tools) -> list[dict] | None:
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise Invalid("content_type", "'tools' must be a list of objects")
+    return tools
+
+
+def _finish(conv: Conversation) -> Conversation:
+    if not any(m["role"] == "assistant" for m in conv.messages):
+        raise Invalid("no_assistant", "no assistant turn to learn from")
+    return conv
+
+
+def _completion(row: dict) -> Conversation:
+    prompt = _text(row.get("prompt"), "prompt")
+    completion = _text(row.get("completion"), "completion")
+    return Conversation(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+                        weights=[None, None])
+
+
+def _alpaca(row: dict) -> Conversation:
+    instruction = _text(row.get("instruction"), "instruction")
+    extra = row.get("input")
+    if extra not in (None, ""):
+        instruction = f"{instruction}\n\n{_text(extra, 'input')}"
+    messages = [{"role": "user", "content": instruction},
+                {"role": "assistant", "content": _text(row.get("output"), "output")}]
+    if row.get("system"):
+        messages.insert(0, {"role": "system", "content": _text(row["system"], "system")})
+    return Conversation(messages=messages, weights=[None] * len(messages))
+
+
+def _sharegpt(row: dict) -> Conversation:
+    turns = row.get("conversations")
+    if turns is None:
+        raise Invalid("missing_messages", "missing 'conversations'")
+    if not isinstance(turns, list):
+        raise Invalid("messages_not_list", f"'conversations' must be a list, got {_kind(turns)}")
+    conv = Conversation()
+    if row.get("system"):
+        conv.messages.append({"role": "system", "content": _text(row["system"], "system")})
+        conv.weights.append(None)
+    for i, turn in enumerate(turns):
+        where = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            raise Invalid("not_object", f"{where} must be an object, got {_kind(turn)}")
+        role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
+        if role is None:
+            raise Invalid("unknown_role", f"{where}.from {turn.get('from')!r} is not a known speaker")
+        conv.messages.append({"role": role, "content": _text(turn.get("value"), f"{where}.value")})
+        conv.weights.append(_weight(turn, where, role))
+    return _finish(conv)
+
+
+def _plain_text(row: dict) -> Conversation:
+    return Conversation(text=_text(row.get("text"), "text"))
+
+
+_NORMALISERS = {"chat": _chat, "completion": _completion, "alpaca": _alpaca, "sharegpt": _sharegpt, "text": _plain_text}

