@@ -20,8 +20,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/tunery data check examples/contacts/train.jsonl
-	$(BIN)/tunery generate default --prompt "Meet Ada Novak, 36, who works as a pilot in Oslo."
+	$(BIN)/python examples/contacts/demo.py
 
 test: setup
 	$(BIN)/python -m pytest -q

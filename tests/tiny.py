@@ -56,6 +56,7 @@ def build_model(folder: str | Path, *, layers: int = 2, hidden: int = 32, seed: 
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        initializer_range=0.3,  # large enough that frozen random embeddings can express confident outputs
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder

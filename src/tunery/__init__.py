@@ -2,16 +2,29 @@
 
 Python API (the CLI calls the same functions):
     tunery.check_dataset(path, model="default")   -> the data doctor's report (dict)
+    tunery.train(config)                          -> a fine-tuning run (folder, metrics)
     tunery.generate(model, prompt)                -> one answer
     tunery.Generator(model).chat([...])           -> batched answers
+    tunery.merge_run(run, out)                    -> a standalone merged model
     tunery.resolve_model(ref)                     -> where a model reference points
+
+Names load on first use, so `import tunery` (and `tunery --help`) stays instant.
 """
 
-from .config import DataConfig
-from .data import check_dataset
-from .errors import TuneryError
-from .generate import Generator, generate
-from .models import resolve_model
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["DataConfig", "Generator", "TuneryError", "check_dataset", "generate", "resolve_model", "__version__"]
+
+_EXPORTS = {
+    "DataConfig": "config", "TrainConfig": "config", "TuneryError": "errors", "check_dataset": "data",
+    "Generator": "generation", "generate": "generation", "merge_run": "export", "resolve_model": "models",
+    "Run": "training", "train": "training",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'tunery' has no attribute {name!r}")

@@ -32,7 +32,7 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed"),
 ):
     """Answer one prompt, rendered through the model's chat template."""
-    from .generate import generate as run
+    from .generation import generate as run
 
     print(run(model, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
 
@@ -85,9 +85,85 @@ def _validated(model_cls, **values):
         raise ConfigError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
 
 
+@app.command()
+def merge(
+    run: str = typer.Argument(..., help="A run folder trained with an adapter"),
+    out: Path = typer.Argument(..., help="Folder for the standalone merged model"),
+):
+    """Fold a run's adapter into its base: a standalone safetensors model."""
+    from .export import merge_run
+
+    print(merge_run(run, out))
+
+
+@app.command()
+def chat(
+    model: str = typer.Argument(..., help="A run folder or any model reference"),
+    system: Optional[str] = typer.Option(None, "--system"),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+):
+    """Chat with a model in the terminal (an empty line or Ctrl-D quits)."""
+    from .generation import Generator
+
+    gen = Generator(model)
+    messages = [{"role": "system", "content": system}] if system else []
+    console = _console()
+    while True:
+        try:
+            text = console.input("[bold cyan]you>[/] ")
+        except EOFError:
+            break
+        if not text.strip():
+            break
+        messages.append({"role": "user", "content": text})
+        answer = gen.chat([messages], max_new_tokens=max_new_tokens, temperature=temperature)[0].text
+        messages.append({"role": "assistant", "content": answer})
+        console.print(f"[bold green]model>[/] {answer}")
+
+
+def _train(config: Optional[str] = None, **flags):
+    """Fine-tune a model. Flags override the --config YAML, which overrides the defaults."""
+    from .config import load_train_config
+    from .training import train
+
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if flags.get("resume") and not config and flags.get("out"):
+        saved = Path(flags["out"]) / "config.yaml"  # resume with the recipe the run was started with
+        config = str(saved) if saved.is_file() else None
+    train(load_train_config(config, **flags))
+
+
+def _register_train() -> None:
+    """One flag per TrainConfig field, so CLI flags, YAML and the Python API cannot drift apart."""
+    import inspect
+
+    from .config import TrainConfig
+
+    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                                default=typer.Option(None, "--config", "-c", help="YAML recipe; flags override it"))]
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            option = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=field.description)
+            annotation = Optional[bool]
+        else:
+            option = typer.Option(None, flag, help=field.description, metavar="VALUE")
+            annotation = Optional[str]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option))
+    _train.__signature__ = inspect.Signature(params)
+    app.command("train")(_train)
+
+
+_register_train()
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns the code of a `typer.Exit` instead of raising it.
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and not isinstance(rc, bool) and rc:
+            sys.exit(rc)
     except TuneryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -96,15 +172,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    except typer.Abort:
+        sys.exit(1)
+    except typer.TyperException as exc:  # usage errors: unknown option, missing argument
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ the functions at the bottom, and the resolved config is what gets saved beside e
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class DataConfig(BaseModel):
@@ -38,3 +38,99 @@ def suggest_epochs(n_examples: int) -> int:
     if n_examples * 3 > 25000:
         return max(1, 25000 // n_examples)
     return 3
+
+
+Method = Literal["full", "lora", "dora", "qlora"]
+AUTO_LR = {"full": 2e-5, "lora": 2e-4, "dora": 2e-4, "qlora": 2e-4}
+
+
+class TrainConfig(DataConfig):
+    """A fine-tuning recipe. `tunery train --help` lists these fields as flags."""
+
+    data: str = Field(..., description="Training dataset file (.jsonl, .json, .csv, .parquet)")
+    val_data: str | None = Field(None, description="Validation dataset file (instead of --val-split)")
+    val_split: float = Field(0.1, ge=0, lt=1, description="Fraction of the training file held out for validation when no --val-data (0: none)")
+    method: Method = Field("lora", description="full | lora | dora | qlora")
+    epochs: int | Literal["auto"] = Field("auto", description="Passes over the data; auto picks from the dataset size")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs)")
+    lr: float | Literal["auto"] = Field("auto", description="Peak learning rate; auto: 2e-4 for LoRA/DoRA/QLoRA, 2e-5 for full")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate decay after warmup")
+    warmup: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters: all-linear, or a comma-separated list")
+    eval_every: int | Literal["auto"] | None = Field("auto", description="Validation loss every N steps (and at the end); auto: about 10 times per run")
+    save_every: int | Literal["auto"] | None = Field("auto", description="Checkpoint every N steps (and at the end); auto: with each evaluation")
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept (the best one is always kept too)")
+    early_stopping: int | None = Field(None, ge=1, description="Stop after this many evaluations without a better validation loss")
+    select: Literal["best", "last"] = Field("best", description="Which weights the run ships: best validation loss or the last step")
+    seed: int = Field(42, description="Seeds data order, split, initialisation and dropout")
+    out: str | None = Field(None, description="Run folder (default: runs/<data>-<method>-<time>)")
+    resume: bool = Field(False, description="Continue from the latest complete checkpoint in --out")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: fp32 on CPU, bf16 on CUDA")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, v):
+        if isinstance(v, str) and v != "all-linear":
+            return [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    @field_validator("epochs", "eval_every", "save_every", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, v, info):
+        if isinstance(v, str) and v != "auto" and v.strip().lstrip("-").isdigit():
+            v = int(v)
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise ValueError(f"{info.field_name} must be at least 1 or auto")
+        return v
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr(cls, v):
+        if isinstance(v, str) and v != "auto":
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError("lr must be a number or auto") from None
+        if isinstance(v, (int, float)) and not 0 < v < 1:
+            raise ValueError("lr must be between 0 and 1")
+        return v
+
+
+def load_train_config(yaml_path: str | None = None, **flags) -> TrainConfig:
+    """CLI > YAML > defaults. Unknown YAML keys and bad values are one-line errors naming the field."""
+    import yaml
+    from pydantic import ValidationError
+
+    from .errors import ConfigError
+
+    values: dict = {}
+    if yaml_path:
+        try:
+            with open(yaml_path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{yaml_path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{yaml_path}:{mark.line + 1}" if mark else yaml_path
+            raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{yaml_path}: a config file must be a mapping of field: value")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        source = f"{yaml_path}: " if yaml_path and field in values and field not in flags else ""
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{source}{field}: {msg} (got {err.get('input')!r})") from None

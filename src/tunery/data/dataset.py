@@ -91,6 +91,9 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
             _account(scan, conv.line, enc, max_length, overlong, keep)
     if scan.examples == 0:
         scan.errors.append(Issue(0, "empty_file", "the file holds no examples"))
+    # Format problems are found before template/length ones within a chunk: list in file order.
+    scan.errors.sort(key=lambda issue: issue.line)
+    scan.warnings.sort(key=lambda issue: issue.line)
     return scan
 
 

@@ -54,6 +54,8 @@ def detect_file_format(rows: list[tuple[int, object]], where: str) -> str:
             if fmt:
                 seen[fmt] = seen.get(fmt, 0) + 1
     if not seen:
+        if not any(isinstance(row, dict) for _, row in rows):
+            return "chat"  # no object to go by (only broken rows): report each row's own error
         raise DataError(
             f"{where}: cannot tell the dataset format: expected rows with 'messages' (chat), "
             "'prompt'+'completion', 'instruction'+'output' (alpaca), 'conversations' (sharegpt) "

@@ -91,11 +91,21 @@ def _json_array(path: Path):
 
 def _csv(path: Path):
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        reader = csv.DictReader(f)
-        start = 2  # line 1 is the header
-        for row in reader:
-            yield start, {k: _maybe_json(v) for k, v in row.items() if k is not None}
-            start = reader.line_num + 1
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return
+        while True:
+            start = reader.line_num + 1  # the file line this row starts on (line 1 is the header)
+            cells = next(reader, None)
+            if cells is None:
+                return
+            if not cells:  # a blank line: no row, but it counts as a line
+                continue
+            row = dict(zip(header, cells))
+            for k in header[len(cells):]:
+                row[k] = None  # a short row, as csv.DictReader fills it
+            yield start, {k: _maybe_json(v) for k, v in row.items()}
 
 
 def _maybe_json(cell):

@@ -102,10 +102,10 @@ class Renderer:
             encodings = self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
             for j, k in enumerate(where):
                 plain = convs[k].text is not None
-                results[k] = self._mask(encodings[j].ids, encodings[j].offsets, spans[j], plain)
+                results[k] = self._mask(encodings[j].ids, encodings[j].offsets, spans[j], plain, texts[j])
         return results
 
-    def _mask(self, ids: list[int], offsets, spans, plain: bool) -> Encoded:
+    def _mask(self, ids: list[int], offsets, spans, plain: bool, text: str = "") -> Encoded:
         out_ids, out_mask = [], []
         if plain and self.tokenizer.bos_token_id is not None:
             out_ids.append(self.tokenizer.bos_token_id)
@@ -117,7 +117,12 @@ class Renderer:
             stopped = False
             while t < n and offsets[t][0] < end:
                 out_ids.append(ids[t]); out_mask.append(1)
-                stopped = ids[t] in self.stop_ids
+                # Whitespace after an end token (ChatML's newline, with --mask all) does not
+                # reopen the turn, so no second end token is appended after it.
+                if ids[t] in self.stop_ids:
+                    stopped = True
+                elif not stopped or text[offsets[t][0]:offsets[t][1]].strip():
+                    stopped = False
                 t += 1
             if not stopped and self.eos_id is not None:
                 # The template closes this turn without an end token (or plain text): add one,

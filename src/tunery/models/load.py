@@ -8,7 +8,11 @@ from .resolve import ResolvedModel, resolve_model
 
 def quiet_transformers() -> None:
     """Loading bars and advisory warnings from transformers drown our own output."""
+    import warnings
+
     from transformers.utils import logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices meant for library authors
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
@@ -24,7 +28,7 @@ def load_tokenizer(model: "str | Path | ResolvedModel"):
     quiet_transformers()
     resolved = _resolved(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path, trust_remote_code=False)
     except Exception as exc:
         raise TuneryError(f"{resolved.path}: cannot load tokenizer ({type(exc).__name__}: {exc})") from None
     if not getattr(tokenizer, "is_fast", False):
@@ -36,8 +40,12 @@ def load_tokenizer(model: "str | Path | ResolvedModel"):
     return tokenizer
 
 
-def load_model(model: "str | Path | ResolvedModel", dtype=None, device: str | None = None):
-    """Return (model, tokenizer). fp32 on CPU, bf16 on CUDA unless `dtype` says otherwise."""
+def load_model(model: "str | Path | ResolvedModel", dtype=None, device: str | None = None, merge: bool = True):
+    """Return (model, tokenizer). fp32 on CPU, bf16 on CUDA unless `dtype` says otherwise.
+
+    A run's adapter is applied over its base; with `merge` it is folded into the weights, which
+    makes inference as fast as the base model's.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -53,6 +61,12 @@ def load_model(model: "str | Path | ResolvedModel", dtype=None, device: str | No
         )
     except Exception as exc:
         raise TuneryError(f"{resolved.path}: cannot load model ({type(exc).__name__}: {exc})") from None
+    if resolved.adapter is not None:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, resolved.adapter)
+        if merge:
+            lm = lm.merge_and_unload()
     lm.to(device)
     lm.eval()
     return lm, load_tokenizer(resolved)

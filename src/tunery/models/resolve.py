@@ -5,6 +5,7 @@ Accepted references, tried in this order:
   PATH/TO/FOLDER                    a Hugging Face model folder
   PATH/TO/FILE.gguf                 a GGUF file, imported once into TUNERY_HOME/models
   org/name                          a hub id already in the local Hugging Face cache
+  RUN_FOLDER                        a tunery run: its base model plus adapter/, or its model/
 """
 
 import re
@@ -25,7 +26,14 @@ class ResolvedModel:
     reference: str  # what the user wrote
     name: str  # a short display name, used in model names and reports
     path: Path  # folder holding config.json, weights and tokenizer
-    source: str  # default | folder | gguf | hf-cache
+    source: str  # default | folder | gguf | hf-cache | run
+    adapter: Path | None = None  # a PEFT adapter to apply over `path` (runs of LoRA/DoRA/QLoRA)
+    run: Path | None = None  # the run folder this came from
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """Runs ship the tokenizer and chat template they trained with beside their weights."""
+        return self.adapter or self.path
 
 
 def resolve_model(reference: str) -> ResolvedModel:
@@ -35,6 +43,8 @@ def resolve_model(reference: str) -> ResolvedModel:
         return ResolvedModel(ref, DEFAULT_NAME, import_gguf(default_gguf_path(), dest), "default")
 
     path = Path(ref).expanduser()
+    if path.is_dir() and (path / "run.json").is_file():
+        return _resolve_run(ref, path.resolve())
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFound(
@@ -67,3 +77,16 @@ def _hf_cache_folder(repo_id: str) -> Path | None:
     except Exception:
         return None
     return folder if (folder / "config.json").is_file() else None
+
+
+def _resolve_run(ref: str, run: Path) -> ResolvedModel:
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    if (run / "model" / "config.json").is_file():
+        return ResolvedModel(ref, run.name, run / "model", "run", run=run)
+    if (run / "adapter" / "adapter_config.json").is_file():
+        base = resolve_model(config["model"])
+        return ResolvedModel(ref, run.name, base.path, "run", adapter=run / "adapter", run=run)
+    raise ModelNotFound(f"run {run} has no finished weights yet (no adapter/ or model/): "
+                        "resume it with `tunery train --out RUN --resume`")

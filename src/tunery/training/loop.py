@@ -1,0 +1,292 @@
+"""The training loop: one file, read top to bottom.
+
+  1) resolve everything (model, data, auto values) and refuse bad input before any compute
+  2) build the model (full | LoRA | DoRA | QLoRA), AdamW, warmup + cosine/linear schedule
+  3) resume from the latest complete checkpoint, if asked
+  4) loop: for each optimizer step, micro-batches whose summed token losses are divided by the
+     step's total trained tokens (so batch 4 x accumulation 2 == batch 8), clip, step, log;
+     evaluate, checkpoint, early-stop on schedule
+  5) ship the selected weights (best or last) with tokenizer, config and model card
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import AUTO_LR, TrainConfig, suggest_epochs
+from ..errors import ConfigError, TuneryError
+from ..models import load_tokenizer, resolve_model
+from . import checkpoint as ckpt
+from .batches import TokenLoss, collate, step_groups, steps_per_epoch
+from .run_dir import (Metrics, data_record, default_run_dir, now, read_metrics, read_run, write_config,
+                      write_json_atomic, write_model_card, RUN_FILE)
+from .setup import build_model, check_method_supported, count_parameters, device_and_dtype
+
+
+@dataclass
+class Run:
+    dir: Path
+    config: dict
+    info: dict
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def val_loss(self):
+        return self.info.get("final", {}).get("val_loss")
+
+
+def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> Run:
+    import torch
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
+    if overrides:
+        cfg = cfg.model_copy(update=overrides)
+    say = _printer(progress)
+
+    # 1) resolve inputs -------------------------------------------------------------------------
+    check_method_supported(cfg)
+    device_and_dtype(cfg)
+    base = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(base)
+    train_set, val_set, data_info = load_data(cfg, tokenizer)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.data, cfg.method)
+    resume_from = None
+    if cfg.resume:
+        found = ckpt.complete_checkpoints(run_dir)
+        if not found and not (run_dir / RUN_FILE).exists():
+            raise ConfigError(f"resume: {run_dir} holds no run to resume")
+        resume_from = found[-1] if found else None
+    elif (run_dir / RUN_FILE).exists():
+        raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+
+    per_epoch = steps_per_epoch(len(train_set), cfg.batch_size, cfg.grad_accum)
+    epochs = suggest_epochs(len(train_set)) if cfg.epochs == "auto" else cfg.epochs
+    total_steps = cfg.max_steps or per_epoch * epochs
+    lr = AUTO_LR[cfg.method] if cfg.lr == "auto" else cfg.lr
+    eval_every = max(1, total_steps // 10) if cfg.eval_every == "auto" else cfg.eval_every
+    save_every = eval_every if cfg.save_every == "auto" else cfg.save_every
+    resolved = cfg.model_dump() | {
+        "epochs": math.ceil(total_steps / per_epoch), "lr": lr, "eval_every": eval_every, "save_every": save_every,
+        "out": str(run_dir), "resume": False, "max_steps": total_steps, "format": data_info["data"]["format"],
+        "precision": "bf16" if device_and_dtype(cfg)[1] == torch.bfloat16 else "fp32",
+    }
+    if not val_set:
+        resolved["eval_every"] = None
+
+    # 2) model, optimizer, schedule ---------------------------------------------------------------
+    from accelerate import Accelerator
+
+    device, dtype = device_and_dtype(cfg)
+    accelerator = Accelerator(cpu=device == "cpu",
+                              mixed_precision="bf16" if dtype == torch.bfloat16 else "no")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, base)
+    trainable, total = count_parameters(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
+                                  fused=device == "cuda")
+    warmup = round(cfg.warmup * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.schedule, warmup, total_steps))
+    loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = read_run(run_dir) if resume_from or cfg.resume else {}
+    info.update({
+        "status": "running", "method": cfg.method, "started": info.get("started", now()),
+        "base": {"reference": cfg.model, "name": base.name, "path": str(base.path), "source": base.source},
+        **data_info, "parameters": {"trainable": trainable, "total": total},
+        "artifact": "model" if cfg.method == "full" else "adapter",
+    })
+    write_config(run_dir, resolved)
+    write_json_atomic(run_dir / RUN_FILE, info)
+
+    # 3) resume -----------------------------------------------------------------------------------
+    state = {"step": 0, "best_val": None, "best_step": None, "evals_since_best": 0, "trained_tokens": 0, "tokens": 0}
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, model, optimizer, scheduler)
+        say(f"resuming {run_dir} from {resume_from.name}")
+    metrics = Metrics(run_dir / "metrics.jsonl", resume_step=state["step"] if cfg.resume else None)
+
+    say(f"[bold]train[/] {cfg.method} on {base.name}: {len(train_set)} train / {len(val_set)} val examples, "
+        f"{epochs if cfg.max_steps is None else resolved['epochs']} epochs, {total_steps} steps, lr {lr:g}, "
+        f"batch {cfg.batch_size}x{cfg.grad_accum}, trainable {trainable:,} of {total:,} params, {device} "
+        f"{str(dtype).replace('torch.', '')} → {run_dir}")
+
+    # 4) loop -------------------------------------------------------------------------------------
+    pad_id = tokenizer.pad_token_id
+    bar = _progress(progress, total_steps, state["step"])
+    started = time.perf_counter()
+    step, stop = state["step"], False
+    try:
+        model.train()
+        while step < total_steps and not stop:
+            epoch = step // per_epoch
+            for k, micro_batches in enumerate(step_groups(train_set, cfg.seed, epoch, cfg.batch_size, cfg.grad_accum)):
+                if k < step - epoch * per_epoch:
+                    continue  # already trained before the resume
+                t0 = time.perf_counter()
+                group_tokens = sum(sum(e.loss_mask[1:]) for mb in micro_batches for e in mb)
+                step_loss, step_tokens = 0.0, 0
+                for mb in micro_batches:
+                    batch = collate(mb, pad_id, accelerator.device)
+                    with accelerator.autocast():
+                        loss_sum, _ = loss_fn(**batch)
+                    accelerator.backward(loss_sum / group_tokens)
+                    step_loss += loss_sum.item()
+                    step_tokens += int(batch["attention_mask"].sum())
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                lr_now = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                state["step"] = step
+                state["trained_tokens"] += group_tokens
+                state["tokens"] += step_tokens
+                row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": step_loss / group_tokens,
+                       "lr": lr_now, "grad_norm": float(grad_norm), "tokens": state["tokens"],
+                       "trained_tokens": state["trained_tokens"],
+                       "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
+                last = step == total_steps
+                if val_set and (step % eval_every == 0 or last):
+                    row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, pad_id, accelerator)
+                    model.train()
+                    if state["best_val"] is None or row["val_loss"] < state["best_val"]:
+                        state.update(best_val=row["val_loss"], best_step=step, evals_since_best=0)
+                    else:
+                        state["evals_since_best"] += 1
+                        stop = cfg.early_stopping is not None and state["evals_since_best"] >= cfg.early_stopping
+                metrics.log(row)
+                if (save_every and step % save_every == 0) or last or stop or state["best_step"] == step:
+                    ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler, state)
+                    ckpt.prune_checkpoints(run_dir, cfg.keep_checkpoints, {state["best_step"]} - {None})
+                bar.update(row)
+                if last or stop:
+                    break
+    except torch.OutOfMemoryError:
+        raise TuneryError(f"out of memory at step {step + 1} (batch {cfg.batch_size}, max_length {cfg.max_length}): "
+                          "lower --batch-size (raise --grad-accum to keep the effective batch) or --max-length, "
+                          "or use --method lora / qlora") from None
+    finally:
+        bar.close()
+        metrics.close()
+    if stop:
+        say(f"early stopping at step {step}: no better validation loss in {cfg.early_stopping} evaluations")
+
+    # 5) ship the selected weights ----------------------------------------------------------------
+    shipped = step
+    if cfg.select == "best" and state["best_step"] and state["best_step"] != step:
+        best = run_dir / "checkpoints" / f"step-{state['best_step']}"
+        from safetensors.torch import load_file
+
+        ckpt.load_trainable(model, load_file(best / "trainable.safetensors"))
+        shipped = state["best_step"]
+    export(model, tokenizer, run_dir, cfg.method)
+    rows = read_metrics(run_dir)
+    final = {"steps": step, "shipped_step": shipped, "trained_tokens": state["trained_tokens"],
+             "train_loss": rows[-1]["loss"] if rows else None, "val_loss": state["best_val"] if shipped != step else
+             next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None),
+             "best_step": state["best_step"], "seconds": round(time.perf_counter() - started, 1)}
+    info.update(status="completed", finished=now(), final=final)
+    write_json_atomic(run_dir / RUN_FILE, info)
+    write_model_card(run_dir, info, resolved)
+    say(f"[green]done[/]: {run_dir} (val_loss {final['val_loss']}, shipped step {shipped})")
+    return Run(run_dir, resolved, info, rows)
+
+
+def evaluate(loss_fn, examples, batch_size, pad_id, accelerator) -> float:
+    """Mean loss per trained token over the validation set."""
+    import torch
+
+    loss_fn.eval()
+    total, count = 0.0, 0
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    with torch.no_grad():
+        for i in range(0, len(ordered), batch_size):
+            batch = collate(ordered[i: i + batch_size], pad_id, accelerator.device)
+            with accelerator.autocast():
+                loss_sum, n = loss_fn(**batch)
+            total += loss_sum.item()
+            count += int(n)
+    return total / max(count, 1)
+
+
+def load_data(cfg: TrainConfig, tokenizer):
+    """Check and encode the training (and validation) data; any error stops here, before compute."""
+    from ..data import scan_file, split_examples
+    from ..data.doctor import make_renderer
+
+    renderer = make_renderer(tokenizer, cfg)
+
+    def scan(path):
+        s = scan_file(path, renderer, max_length=cfg.max_length, overlong=cfg.overlong, fmt=cfg.format, keep=True)
+        s.raise_if_errors()
+        if not s.kept:
+            raise TuneryError(f"{path}: no usable examples (all dropped as longer than max_length {cfg.max_length})")
+        return s
+
+    train_scan = scan(cfg.data)
+    train_set, val_set = train_scan.kept, []
+    info = {"data": data_record(cfg.data, train_scan.examples, len(train_scan.kept)) | {"format": train_scan.format}}
+    if cfg.val_data:
+        val_scan = scan(cfg.val_data)
+        val_set = val_scan.kept
+        info["val"] = data_record(cfg.val_data, val_scan.examples, len(val_set))
+    elif cfg.val_split > 0:
+        train_set, val_set = split_examples(train_set, cfg.val_split, cfg.seed)
+        info["val"] = {"file": None, "split": cfg.val_split, "used": len(val_set),
+                       "lines": [e.line for e in val_set]}
+        info["data"]["used"] = len(train_set)
+    return train_set, val_set, info
+
+
+def export(model, tokenizer, run_dir: Path, method: str) -> None:
+    """Write adapter/ (PEFT format, no embedding copies) or model/ (full weights), atomically."""
+    from ..home import atomic_dir
+
+    with atomic_dir(run_dir / ("model" if method == "full" else "adapter")) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def _schedule(kind: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1 - progress)
+    return factor
+
+
+def _printer(enabled: bool):
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    return (lambda msg: console.print(msg)) if enabled else (lambda msg: None)
+
+
+class _progress:
+    """A rich progress bar with loss, tokens/s and ETA; silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.p = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                          TimeRemainingColumn(), console=__import__("rich.console").console.Console(stderr=True))
+        self.task = self.p.add_task("train", total=total, completed=done, info="")
+        self.p.start()
+
+    def update(self, row: dict) -> None:
+        if self.p:
+            val = f" val {row['val_loss']:.4f}" if "val_loss" in row else ""
+            self.p.update(self.task, advance=1, info=f"loss {row['loss']:.4f}{val} {row['tokens_per_s']:.0f} tok/s")
+
+    def close(self) -> None:
+        if self.p:
+            self.p.stop()
