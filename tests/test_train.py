@@ -208,3 +208,62 @@ def test_cli_yaml_with_flag_override(tiny_model, toy_data, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2 and "learning_rate: unknown field" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_masked_tokens_have_no_influence_on_gradients(tiny_model, tiny_tokenizer):
+    """Padding and untrained tokens after the last target change nothing; the loss is exactly the
+    cross-entropy over trained positions (as HF computes it with labels=-100 elsewhere)."""
+    from transformers import AutoModelForCausalLM
+
+    from tunery.data import Example
+    from tunery.training.batches import TokenLoss, collate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    loss_fn = TokenLoss(model)
+    a = Example(1, [1, 10, 11, 12, 13, 2, 14, 15], [0, 0, 0, 1, 1, 1, 0, 0])
+    b = Example(2, [1, 20, 21, 22, 2], [0, 0, 1, 1, 1])
+
+    def grads(batch_examples, pad):
+        model.zero_grad()
+        batch = collate(batch_examples, pad, "cpu")
+        loss_sum, n = loss_fn(**batch)
+        (loss_sum / n).backward()
+        return loss_sum.item(), int(n), [p.grad.clone() for p in model.parameters()]
+
+    loss1, n1, g1 = grads([a, b], pad=2)
+    changed = Example(1, a.input_ids[:6] + [99, 98], a.loss_mask)  # different untrained trailing tokens
+    loss2, n2, g2 = grads([changed, b], pad=77)  # and a different pad id
+    assert n1 == n2 == 6 and loss1 == pytest.approx(loss2, rel=1e-6)
+    for x, y in zip(g1, g2):
+        torch.testing.assert_close(x, y)
+
+    ids = torch.tensor([a.input_ids])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(a.input_ids, a.loss_mask)]])
+    with torch.no_grad():
+        hf = model(input_ids=ids, labels=labels).loss.item()
+        ours, n = loss_fn(**collate([a], 2, "cpu"))
+    assert ours.item() / int(n) == pytest.approx(hf, rel=1e-5)
+
+
+def test_auto_values(tiny_model, tmp_path):
+    from tunery.config import suggest_epochs
+
+    data = write_jsonl(tmp_path / "small.jsonl", toy_rows(12))
+    lora = train(TrainConfig(model=str(tiny_model), data=str(data), out=str(tmp_path / "l"), val_split=0.25),
+                 progress=False)
+    assert lora.config["lr"] == 2e-4 and lora.config["epochs"] == suggest_epochs(9) == 10
+    assert lora.config["max_steps"] == 20 and lora.config["eval_every"] == 2 and lora.config["save_every"] == 2
+    assert len(lora.metrics) == 20
+    full = train(TrainConfig(model=str(tiny_model), data=str(data), out=str(tmp_path / "f"), method="full",
+                             max_steps=2, val_split=0), progress=False)
+    assert full.config["lr"] == 2e-5 and full.config["eval_every"] is None
+    assert suggest_epochs(300) == 4 and suggest_epochs(1000) == 3 and suggest_epochs(100_000) == 1
+
+
+def test_chat_cli_answers_until_empty_line(tiny_model, toy_data, tmp_path):
+    run = train(cfg(tiny_model, toy_data, tmp_path / "run", max_steps=2), progress=False)
+    env = os.environ | {"TUNERY_HOME": str(tmp_path / "home")}
+    out = subprocess.run([TUNERY, "chat", str(run.dir), "--max-new-tokens", "4"], input="color 1 blue\nagain\n\n",
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("model>") == 2
