@@ -1,0 +1,111 @@
+"""`tunery data check` as a user runs it: the installed console script, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+
+TUNERY = Path(sys.executable).with_name("tunery")
+
+GOOD = {"messages": [{"role": "user", "content": "What is the capital of France?"},
+                     {"role": "assistant", "content": "The capital of France is Paris."}]}
+
+
+def tunery(*args):
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([str(TUNERY), *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0, proc
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    other = {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there."}]}
+    clean = write_jsonl(d / "clean.jsonl", [GOOD, other])
+    bad = write_jsonl(d / "bad.jsonl", [GOOD, {"messages": [{"role": "user", "content": "q"}]}, "{oops", GOOD])
+    return clean, bad
+
+
+def test_json_report_of_a_clean_file_exits_0(cli_files, tiny_model):
+    clean, _ = cli_files
+    proc = tunery("data", "check", clean, "--model", tiny_model, "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1  # one JSON object, nothing else on stdout
+    report = json.loads(lines[0])
+    assert {"ok", "examples", "good", "errors", "warnings", "stats"} <= set(report)
+    assert report["ok"] is True and report["examples"] == 2 and report["good"] == 2
+    assert report["errors"] == [] and report["warnings"] == []
+    stats = report["stats"]
+    assert stats["format"] == "chat" and stats["trainable_tokens"] > 0
+    assert {"min", "median", "p95", "max"} <= set(stats["tokens_per_example"])
+    assert sum(b["count"] for b in stats["histogram"]) == 2
+    assert stats["suggested_epochs"] >= 1 and stats["tokens_per_epoch"] > stats["trainable_tokens"]
+
+
+def test_json_report_with_errors_exits_1(cli_files, tiny_model):
+    _, bad = cli_files
+    proc = tunery("data", "check", bad, "--model", tiny_model, "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False and report["examples"] == 4 and report["good"] == 2
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(2, "no_assistant"), (3, "invalid_json")]
+    assert all(e["message"] for e in report["errors"])
+    assert [(w["line"], w["code"]) for w in report["warnings"]] == [(4, "duplicate")]
+    assert "Traceback" not in proc.stderr
+
+
+def test_human_report_and_show(cli_files, tiny_model):
+    clean, bad = cli_files
+    proc = tunery("data", "check", clean, "--model", tiny_model, "--show", "1")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "examples 2" in out and "good 2" in out
+    assert "example 1 (line 1)" in out
+    assert "The capital of France is Paris." in out
+    assert "What is the capital of France?" in out
+    # With --json, stdout stays one JSON object and the example goes to stderr.
+    proc = tunery("data", "check", bad, "--model", tiny_model, "--json", "--show", "4", "--max-length", "64")
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["stats"]["max_length"] == 64
+    assert "example 4 (line 4)" in proc.stderr and "The capital of France is Paris." in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["missing-file", "suffix", "model"])
+def test_one_line_errors(tmp_path, tiny_model, case):
+    if case == "missing-file":
+        proc = tunery("data", "check", tmp_path / "nope.jsonl", "--model", tiny_model)
+        assert_one_line_error(proc, "nope.jsonl", "no such file")
+    elif case == "suffix":
+        path = tmp_path / "data.txt"
+        path.write_text(json.dumps(GOOD) + "\n")
+        proc = tunery("data", "check", path, "--model", tiny_model)
+        assert_one_line_error(proc, "unsupported file type", ".txt")
+    else:
+        path = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+        proc = tunery("data", "check", path, "--model", tmp_path / "no-such-model")
+        assert_one_line_error(proc, "no-such-model", "not found")
+    assert proc.stdout == ""
+
+
+def test_bad_option_value_and_missing_example(cli_files, tiny_model):
+    clean, _ = cli_files
+    proc = tunery("data", "check", clean, "--model", tiny_model, "--overlong", "shrink")
+    assert_one_line_error(proc, "overlong")
+    assert proc.returncode == 2
+    proc = tunery("data", "check", clean, "--model", tiny_model, "--show", "9")
+    assert_one_line_error(proc, "no example 9")
