@@ -55,7 +55,9 @@ def build_model(folder: str | Path, *, layers: int = 2, hidden: int = 32, seed: 
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        # No pad id in the model config: Llama would zero that embedding row at init, and since the
+        # tokenizer pads with EOS, a tied output layer could then never predict EOS.
+        pad_token_id=None, tie_word_embeddings=True,
         initializer_range=0.3,  # large enough that frozen random embeddings can express confident outputs
     )
     LlamaForCausalLM(config).save_pretrained(folder)

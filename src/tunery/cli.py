@@ -122,6 +122,101 @@ def chat(
         console.print(f"[bold green]model>[/] {answer}")
 
 
+def _metric_options(schema: Optional[Path], regex: Optional[str]) -> dict:
+    options = {}
+    if schema is not None:
+        try:
+            options["schema"] = json.loads(schema.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TuneryError(f"{schema}: not a readable JSON Schema ({exc})") from None
+    if regex is not None:
+        options["regex"] = regex
+    return options
+
+
+_METRICS_HELP = "Comma-separated: exact, json_valid, json_exact, json_schema, regex, contains, rougeL, chrf, module:function"
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument(..., help="A run folder or any model reference"),
+    data: Path = typer.Option(..., "--data", help="Held-out examples; the final assistant turn is the reference"),
+    metrics: str = typer.Option("exact", "--metrics", help=_METRICS_HELP),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema file for json_schema"),
+    regex: Optional[str] = typer.Option(None, "--regex", help="Pattern the whole answer must match, for regex"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Loss, perplexity and generation metrics of one model on a dataset."""
+    from .config import DataConfig
+    from .evaluate.evaluator import dataset_loss, evaluate, load_cases
+    from .evaluate.metrics import resolve_metrics
+    from .generation import Generator
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    resolve_metrics(names)  # unknown metric: an error before loading anything
+    options = _metric_options(schema, regex)
+    cases = load_cases(data, limit=limit)
+    gen = Generator(model)
+    loss = dataset_loss(gen, data, DataConfig(model=model))
+    result = {"model": model, "data": str(data)} | evaluate(
+        gen, cases, names, options=options, max_new_tokens=max_new_tokens, batch_size=batch_size, loss=loss)
+    if as_json:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{model} on {len(cases)} examples of {data}")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    for name, v in result["metrics"].items():
+        table.add_row(name, f"{v:.4f}")
+    table.add_row("prompt tokens / request", f"{result['prompt_tokens_per_request']:.1f}")
+    table.add_row("latency s / request", f"{result['latency_s_per_request']:.3f}")
+    _console().print(table)
+
+
+@app.command()
+def compare(
+    base: str = typer.Option("default", "--base", help="The base model"),
+    tuned: str = typer.Option(..., "--tuned", help="The fine-tuned run (or model)"),
+    data: Path = typer.Option(..., "--data", help="Held-out examples"),
+    few_shot: int = typer.Option(3, "--few-shot", min=0, help="Examples from the training data in the baseline prompt"),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt for the prompt-only baseline"),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Where few-shot examples come from (default: the run's training file)"),
+    metrics: str = typer.Option("exact", "--metrics", help=_METRICS_HELP),
+    schema: Optional[Path] = typer.Option(None, "--schema"),
+    regex: Optional[str] = typer.Option(None, "--regex"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where report.json and report.html go (default: RUN/report)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Base vs prompt-only baseline vs fine-tune: quality, prompt tokens and latency."""
+    from .evaluate.compare import compare as run_compare
+    from .evaluate.metrics import resolve_metrics
+    from .evaluate.report import print_comparison, write_report
+    from .models import resolve_model
+    from .training.run_dir import read_metrics
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    resolve_metrics(names)
+    result = run_compare(base, tuned, data, metrics=names, few_shot=few_shot, system=system,
+                         train_data=str(train_data) if train_data else None, options=_metric_options(schema, regex),
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
+    run = resolve_model(tuned).run
+    out = report_dir or ((run / "report") if run else Path("report"))
+    json_path, html_path = write_report(result, out, read_metrics(run) if run else [])
+    if as_json:
+        print(json.dumps(result))
+        return
+    print_comparison(result, _console())
+    _console().print(f"report: {html_path} and {json_path}")
+
+
 def _train(config: Optional[str] = None, **flags):
     """Fine-tune a model. Flags override the --config YAML, which overrides the defaults."""
     from .config import load_train_config

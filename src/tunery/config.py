@@ -69,7 +69,14 @@ class TrainConfig(DataConfig):
     save_every: int | Literal["auto"] | None = Field("auto", description="Checkpoint every N steps (and at the end); auto: with each evaluation")
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept (the best one is always kept too)")
     early_stopping: int | None = Field(None, ge=1, description="Stop after this many evaluations without a better validation loss")
-    select: Literal["best", "last"] = Field("best", description="Which weights the run ships: best validation loss or the last step")
+    select: Literal["best", "last"] = Field("best", description="Which weights the run ships: the best checkpoint or the last step")
+    best_by: Literal["val_loss", "metric"] = Field(
+        "val_loss", description="What makes a checkpoint best: validation loss, or the generation metric (--eval-metric)")
+    eval_generate_every: int | None = Field(
+        None, ge=1, description="Every N steps (and at the end), generate answers for validation examples and score them")
+    eval_metric: str = Field("exact", description="Metric for --eval-generate-every: exact, json_exact, rougeL, ... or module:function")
+    eval_samples: int = Field(32, ge=1, description="Validation examples used for the generation metric")
+    eval_max_new_tokens: int = Field(128, ge=1, description="Longest generated answer during --eval-generate-every")
     seed: int = Field(42, description="Seeds data order, split, initialisation and dropout")
     out: str | None = Field(None, description="Run folder (default: runs/<data>-<method>-<time>)")
     resume: bool = Field(False, description="Continue from the latest complete checkpoint in --out")

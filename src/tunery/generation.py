@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from .data.render import _stop_ids
+from .data.render import stop_token_ids
 from .data.template import load_template
 from .errors import TuneryError
 
@@ -25,7 +25,7 @@ class Generator:
         self.template = load_template(self.tokenizer, template)
         if self.template is None:
             raise TuneryError(f"model {model!r} has no chat template; pass --template FILE")
-        self.stop_ids = sorted(_stop_ids(self.tokenizer))
+        self.stop_ids = sorted(stop_token_ids(self.tokenizer))
 
     def prompt_ids(self, messages: list[dict], tools=None) -> list[int]:
         text = self.template.render(messages, tools, add_generation_prompt=True)

@@ -42,7 +42,7 @@ class Renderer:
         self.template = template
         self.mask = mask
         self.eos_id = tokenizer.eos_token_id
-        self.stop_ids = _stop_ids(tokenizer)
+        self.stop_ids = stop_token_ids(tokenizer)
 
     # -- text and character spans -------------------------------------------------------------
     def text_and_spans(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
@@ -144,7 +144,7 @@ def apply_max_length(enc: Encoded, max_length: int, policy: str) -> "Encoded | I
     return Invalid("too_long", f"{len(enc.input_ids)} tokens is longer than max_length {max_length}")
 
 
-def _stop_ids(tokenizer) -> set[int]:
+def stop_token_ids(tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
         tid = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None

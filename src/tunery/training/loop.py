@@ -18,7 +18,9 @@ from ..config import AUTO_LR, TrainConfig, suggest_epochs
 from ..errors import ConfigError, TuneryError
 from ..models import load_tokenizer, resolve_model
 from . import checkpoint as ckpt
+from ..data.render import stop_token_ids
 from .batches import TokenLoss, collate, step_groups, steps_per_epoch
+from .generate_eval import generation_score
 from .run_dir import (Metrics, data_record, default_run_dir, now, read_metrics, read_run, write_config,
                       write_json_atomic, write_model_card, RUN_FILE)
 from .setup import build_model, check_method_supported, count_parameters, device_and_dtype
@@ -47,6 +49,7 @@ def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> R
     # 1) resolve inputs -------------------------------------------------------------------------
     check_method_supported(cfg)
     device_and_dtype(cfg)
+    metric_key = _check_eval_metric(cfg)
     base = resolve_model(cfg.model)
     tokenizer = load_tokenizer(base)
     train_set, val_set, data_info = load_data(cfg, tokenizer)
@@ -102,7 +105,7 @@ def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> R
     write_json_atomic(run_dir / RUN_FILE, info)
 
     # 3) resume -----------------------------------------------------------------------------------
-    state = {"step": 0, "best_val": None, "best_step": None, "evals_since_best": 0, "trained_tokens": 0, "tokens": 0}
+    state = {"step": 0, "best_score": None, "best_step": None, "evals_since_best": 0, "trained_tokens": 0, "tokens": 0}
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, model, optimizer, scheduler)
         say(f"resuming {run_dir} from {resume_from.name}")
@@ -115,6 +118,7 @@ def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> R
 
     # 4) loop -------------------------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id
+    stop_ids = stop_token_ids(tokenizer)
     bar = _progress(progress, total_steps, state["step"])
     started = time.perf_counter()
     step, stop = state["step"], False
@@ -152,8 +156,16 @@ def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> R
                 if val_set and (step % eval_every == 0 or last):
                     row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, pad_id, accelerator)
                     model.train()
-                    if state["best_val"] is None or row["val_loss"] < state["best_val"]:
-                        state.update(best_val=row["val_loss"], best_step=step, evals_since_best=0)
+                if metric_key and val_set and (step % cfg.eval_generate_every == 0 or last):
+                    row[metric_key] = generation_score(
+                        model, tokenizer, val_set[: cfg.eval_samples], cfg.eval_metric, stop_ids,
+                        max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.batch_size, device=accelerator.device)
+                # Lower is better: validation loss, or the negated generation metric.
+                score = row.get("val_loss") if cfg.best_by == "val_loss" else (
+                    -row[metric_key] if metric_key in row else None)
+                if score is not None:
+                    if state["best_score"] is None or score < state["best_score"]:
+                        state.update(best_score=score, best_step=step, evals_since_best=0)
                     else:
                         state["evals_since_best"] += 1
                         stop = cfg.early_stopping is not None and state["evals_since_best"] >= cfg.early_stopping
@@ -172,7 +184,7 @@ def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> R
         bar.close()
         metrics.close()
     if stop:
-        say(f"early stopping at step {step}: no better validation loss in {cfg.early_stopping} evaluations")
+        say(f"early stopping at step {step}: no better {cfg.best_by} in {cfg.early_stopping} evaluations")
 
     # 5) ship the selected weights ----------------------------------------------------------------
     shipped = step
@@ -184,15 +196,29 @@ def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> R
         shipped = state["best_step"]
     export(model, tokenizer, run_dir, cfg.method)
     rows = read_metrics(run_dir)
+    at_shipped = next((r for r in rows if r["step"] == shipped), {})
     final = {"steps": step, "shipped_step": shipped, "trained_tokens": state["trained_tokens"],
-             "train_loss": rows[-1]["loss"] if rows else None, "val_loss": state["best_val"] if shipped != step else
-             next((r["val_loss"] for r in reversed(rows) if "val_loss" in r), None),
-             "best_step": state["best_step"], "seconds": round(time.perf_counter() - started, 1)}
+             "train_loss": rows[-1]["loss"] if rows else None, "val_loss": at_shipped.get("val_loss"),
+             "best_step": state["best_step"], "best_by": cfg.best_by, "seconds": round(time.perf_counter() - started, 1)}
+    if metric_key:
+        final[metric_key] = at_shipped.get(metric_key)
     info.update(status="completed", finished=now(), final=final)
     write_json_atomic(run_dir / RUN_FILE, info)
     write_model_card(run_dir, info, resolved)
     say(f"[green]done[/]: {run_dir} (val_loss {final['val_loss']}, shipped step {shipped})")
     return Run(run_dir, resolved, info, rows)
+
+
+def _check_eval_metric(cfg: TrainConfig) -> str | None:
+    """The metrics.jsonl key of the generation metric, after checking it exists (before compute)."""
+    from ..evaluate.metrics import resolve_metrics
+
+    if cfg.best_by == "metric" and not cfg.eval_generate_every:
+        raise ConfigError("best_by: metric needs --eval-generate-every N")
+    if not cfg.eval_generate_every:
+        return None
+    resolve_metrics([cfg.eval_metric])
+    return f"eval_{cfg.eval_metric}"
 
 
 def evaluate(loss_fn, examples, batch_size, pad_id, accelerator) -> float:

@@ -1,0 +1,119 @@
+"""Evaluate one model on a dataset: loss and perplexity on the trained tokens, and generation
+metrics on each example's final assistant turn (batched, greedy, stopping at end of turn)."""
+
+import itertools
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DataConfig
+from ..data.dataset import scan_file
+from ..data.doctor import make_renderer
+from ..data.formats import detect_file_format, normalise
+from ..data.readers import read_rows
+from ..errors import DataError
+from .metrics import resolve_metrics
+
+
+@dataclass
+class Case:
+    line: int
+    prompt: list[dict]  # messages up to the final assistant turn
+    reference: str  # the final assistant turn's content
+
+
+def load_cases(path: str | Path, fmt: str = "auto", limit: int | None = None) -> list[Case]:
+    rows = read_rows(path)
+    head = list(itertools.islice(rows, 64))
+    fmt = detect_file_format(head, str(path)) if fmt == "auto" else fmt
+    cases = []
+    for line, row in itertools.chain(head, rows):
+        conv, issues = normalise(line, row, fmt)
+        if conv is None:
+            raise DataError(f"{path}:{line}: {issues[0].message} [{issues[0].code}]")
+        if conv.text is not None:
+            raise DataError(f"{path}:{line}: plain-text examples have no answer to score; use a chat-like format")
+        last = max(i for i, m in enumerate(conv.messages) if m["role"] == "assistant")
+        cases.append(Case(line, conv.messages[:last], conv.messages[last]["content"]))
+        if limit and len(cases) >= limit:
+            break
+    if not cases:
+        raise DataError(f"{path}: no examples to evaluate")
+    return cases
+
+
+def few_shot_messages(path: str | Path, k: int, seed: int = 0, exclude: list["Case"] | None = None) -> list[dict]:
+    """K user/assistant pairs from the training data, as turns before the real question; never an
+    example whose prompt is one of the evaluated ones (that would leak the answer)."""
+    held_out = {_key(c.prompt) for c in exclude or []}
+    pool = [c for c in load_cases(path) if _key(c.prompt) not in held_out]
+    random.Random(seed).shuffle(pool)
+    turns = []
+    for case in pool[:k]:
+        turns += [m for m in case.prompt if m["role"] != "system"] + [{"role": "assistant", "content": case.reference}]
+    return turns
+
+
+def _key(messages: list[dict]) -> str:
+    return "\x00".join(m["content"] for m in messages if m["role"] != "system")
+
+
+def with_prompting(prompt: list[dict], system: str | None, shots: list[dict]) -> list[dict]:
+    body = [m for m in prompt if m["role"] != "system"] if system else list(prompt)
+    return ([{"role": "system", "content": system}] if system else []) + shots + body
+
+
+def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int = 8) -> float | None:
+    """Mean cross-entropy per trained token, computed exactly as training computes it."""
+    import torch
+
+    from ..training.batches import TokenLoss, collate
+
+    scan = scan_file(path, make_renderer(generator.tokenizer, cfg), max_length=cfg.max_length,
+                     overlong="truncate", fmt=cfg.format, keep=True)
+    if not scan.kept:
+        return None
+    loss_fn = TokenLoss(generator.model)
+    device = next(generator.model.parameters()).device
+    total, count = 0.0, 0
+    examples = sorted(scan.kept, key=lambda e: len(e.input_ids))
+    with torch.inference_mode():
+        for i in range(0, len(examples), batch_size):
+            loss_sum, n = loss_fn(**collate(examples[i: i + batch_size], generator.tokenizer.pad_token_id, device))
+            total += loss_sum.item()
+            count += int(n)
+    return total / max(count, 1)
+
+
+def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | None = None,
+             shots: list[dict] | None = None, options: dict | None = None, max_new_tokens: int = 256,
+             batch_size: int = 16, loss: float | None = None) -> dict:
+    """Score one contestant. Returns {"metrics": {name: mean}, "examples": [...], per-request costs}."""
+    fns = resolve_metrics(metrics)
+    options = dict(options or {})
+    prompts = [with_prompting(c.prompt, system, shots or []) for c in cases]
+    t0 = time.perf_counter()
+    outputs = generator.chat(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    examples, sums = [], {name: 0.0 for name in fns}
+    for case, out in zip(cases, outputs):
+        scores = {name: fn(out.text, case.reference, options) for name, fn in fns.items()}
+        for name, v in scores.items():
+            sums[name] += v
+        examples.append({"line": case.line, "prompt": case.prompt[-1]["content"] if case.prompt else "",
+                         "reference": case.reference, "prediction": out.text, "scores": scores,
+                         "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens})
+    means = {name: s / len(cases) for name, s in sums.items()}
+    if loss is not None:
+        means["loss"] = loss
+        means["perplexity"] = math.exp(min(loss, 50))
+    return {
+        "metrics": means,
+        "examples": examples,
+        "prompt_tokens_per_request": sum(e["prompt_tokens"] for e in examples) / len(examples),
+        "completion_tokens_per_request": sum(e["completion_tokens"] for e in examples) / len(examples),
+        "latency_s_per_request": seconds / len(examples),
+        "seconds": seconds,
+    }
