@@ -1,31 +1,27 @@
 """The main job: fine-tune the default model on the bundled contacts task and show before vs after.
 
-    make demo            # or: .venv/bin/python examples/contacts/demo.py [--steps 40]
+    make demo            # or: .venv/bin/python examples/contacts/demo.py [--steps 40] [--examples 60]
 
-1. checks the data with the data doctor, 2. LoRA fine-tunes SmolLM2-135M-Instruct on CPU,
-3. answers the held-out sentences with the base model and the tuned one and scores JSON exact match.
+1. the data doctor checks the training file,
+2. LoRA fine-tunes SmolLM2-135M-Instruct on CPU,
+3. compares, on held-out sentences: the base model, the base model prompted with a system prompt
+   and few-shot examples, and the fine-tune with the bare sentence, on JSON exact match.
 """
 
 import argparse
-import json
 import shutil
-import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 import tunery
-from tunery.generation import Generator
+from tunery.evaluate import compare
+from tunery.evaluate.report import print_comparison, write_report
+from tunery.training.run_dir import read_metrics
 
 HERE = Path(__file__).parent
-
-
-def json_exact(answer: str, expected: str) -> bool:
-    try:
-        return json.loads(answer) == json.loads(expected)
-    except json.JSONDecodeError:
-        return False
+SYSTEM = ("Extract the person described in the user's sentence as one JSON object with the keys "
+          "name, age, city and job. Answer with the JSON only.")
 
 
 def main() -> None:
@@ -47,25 +43,19 @@ def main() -> None:
     run = tunery.train(dict(model="default", data=str(HERE / "train.jsonl"), method="lora", max_steps=args.steps,
                             batch_size=8, out=args.out))
 
-    console.rule("3. base vs tuned on held-out examples")
-    rows = [json.loads(line) for line in open(HERE / "test.jsonl")][: args.examples]
-    prompts = [r["messages"][:-1] for r in rows]
-    expected = [r["messages"][-1]["content"] for r in rows]
-    scores, answers = {}, {}
-    for name, ref in (("base", "default"), ("tuned", str(run.dir))):
-        t0 = time.perf_counter()
-        out = Generator(ref).chat(prompts, max_new_tokens=48, batch_size=30)
-        answers[name] = [g.text for g in out]
-        scores[name] = sum(json_exact(a, e) for a, e in zip(answers[name], expected)) / len(rows)
-        console.print(f"{name}: {len(rows)} answers in {time.perf_counter() - t0:.1f} s")
-    table = Table(title="held-out examples", show_lines=True)
-    for col in ("input", "base", "tuned"):
-        table.add_column(col, overflow="fold")
-    for i in range(3):
-        table.add_row(prompts[i][-1]["content"], answers["base"][i], answers["tuned"][i])
-    console.print(table)
-    console.print(f"[bold]JSON exact match on {len(rows)} held-out examples: base {scores['base']:.0%} → "
-                  f"tuned {scores['tuned']:.0%}[/]   (run folder: {run.dir})")
+    console.rule("3. base vs prompt-only vs tuned, on held-out examples")
+    result = compare("default", str(run.dir), HERE / "test.jsonl", metrics=["json_exact", "json_valid"],
+                     few_shot=3, system=SYSTEM, limit=args.examples, max_new_tokens=64, batch_size=30)
+    print_comparison(result, console)
+    for i in range(2):
+        console.print(f"[dim]input:[/] {result['contestants']['tuned']['examples'][i]['prompt']}")
+        for name in ("base", "prompt_only", "tuned"):
+            console.print(f"  [bold]{name:>11}[/]: {result['contestants'][name]['examples'][i]['prediction'][:160]}")
+    _, html = write_report(result, run.dir / "report", read_metrics(run.dir))
+    cs = result["contestants"]
+    console.print(f"[bold]JSON exact match on {result['examples']} held-out examples: base "
+                  f"{cs['base']['metrics']['json_exact']:.0%}, prompt-only {cs['prompt_only']['metrics']['json_exact']:.0%}, "
+                  f"tuned {cs['tuned']['metrics']['json_exact']:.0%}[/]  report: {html}")
 
 
 if __name__ == "__main__":
