@@ -1,0 +1,30 @@
+"""Smoke runs of the benchmark harnesses (their speed is never asserted, only their math)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(script, *args):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json", *args],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_compare_trl_quick_same_math():
+    r = _run("compare_trl.py", "--sides", "tunery,trl_tuned")
+    assert {"tunery_tokens_per_s", "trl_tokens_per_s", "speedup", "peak_mem_ratio", "val_loss_rel_diff",
+            "matmul_gflops", "machine"} <= r.keys()
+    # Same tokens, masks, order, initialisation and optimizer: the first loss is the same number
+    # and the validation loss after the same training tokens agrees.
+    assert abs(r["step0_loss_tunery"] - r["step0_loss_trl"]) < 1e-3
+    assert r["val_loss_rel_diff"] < 0.02
+
+
+def test_generation_quick():
+    r = _run("generation.py")
+    assert r["batched_tokens_per_s"] > 0 and r["sequential_tokens_per_s"] > 0 and r["prompts"] == 32
