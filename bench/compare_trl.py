@@ -51,7 +51,7 @@ def prepare(args, folder: Path) -> dict:
     train, val = split_examples(scan.kept, 0.1, seed=0)
     order = []
     for epoch in range(100):
-        for group in step_groups(train, 0, epoch, args.batch_size, 1):
+        for group in step_groups(train, 0, epoch, args.batch_size, 1, group_by_length=False):
             order += [e for mb in group for e in mb]
         if len(order) >= args.steps * args.batch_size:
             break
@@ -120,7 +120,7 @@ def _tunery(meta, folder, args, train_rows, val_rows) -> dict:
     loop.load_data = lambda cfg, tok: (train_rows, [], {"data": {"file": "(prepared)", "sha256": "-", "examples": len(
         train_rows), "used": len(train_rows), "format": "prepared"}})
     # The prepared rows are already in step order: make epoch 0's order the identity.
-    loop.step_groups = lambda ex, seed, epoch, bs, ga: (
+    loop.step_groups = lambda ex, seed, epoch, bs, ga, *_: (
         [ex[i: i + bs]] for i in range(0, len(ex), bs * ga))
     run = loop.train(cfg, progress=False)
     rows = run.metrics

@@ -24,14 +24,30 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def step_groups(examples: list[Example], seed: int, epoch: int, batch_size: int, grad_accum: int):
-    """Yield, for each optimizer step of the epoch, its list of micro-batches (lists of examples)."""
+LENGTH_WINDOW = 32  # optimizer steps whose examples are sorted by length together
+
+
+def step_groups(examples: list[Example], seed: int, epoch: int, batch_size: int, grad_accum: int,
+                group_by_length: bool = True):
+    """Yield, for each optimizer step of the epoch, its list of micro-batches (lists of examples).
+
+    With `group_by_length`, examples of similar length share a step (little padding); steps are
+    formed within shuffled windows of LENGTH_WINDOW steps and then shuffled, so the order of
+    lengths across the epoch stays random.
+    """
     order = epoch_order(len(examples), seed, epoch)
     per_step = batch_size * grad_accum
-    for start in range(0, len(order), per_step):
-        group = [examples[i] for i in order[start: start + per_step]]
-        # Similar lengths share a micro-batch: less padding, same sum of token losses.
-        group.sort(key=lambda e: len(e.input_ids))
+    if group_by_length:
+        window = per_step * LENGTH_WINDOW
+        steps = []
+        for w in range(0, len(order), window):
+            chunk = sorted(order[w: w + window], key=lambda i: len(examples[i].input_ids))
+            steps += [chunk[s: s + per_step] for s in range(0, len(chunk), per_step)]
+        random.Random(seed * 7919 + epoch).shuffle(steps)
+    else:
+        steps = [order[s: s + per_step] for s in range(0, len(order), per_step)]
+    for idx in steps:
+        group = sorted((examples[i] for i in idx), key=lambda e: len(e.input_ids))
         yield [group[i: i + batch_size] for i in range(0, len(group), batch_size)]
 
 
