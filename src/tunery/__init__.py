@@ -7,6 +7,8 @@ Python API (the CLI calls the same functions):
     tunery.Generator(model).chat([...])           -> batched answers
     tunery.merge_run(run, out)                    -> a standalone merged model
     tunery.resolve_model(ref)                     -> where a model reference points
+    tunery.retrain(name, base)                    -> a registered model's recipe re-run on a new base
+    tunery.reeval(name, base=None)                -> its recorded evaluation re-run
 
 Names load on first use, so `import tunery` (and `tunery --help`) stays instant.
 """
@@ -18,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DataConfig": "config", "TrainConfig": "config", "TuneryError": "errors", "check_dataset": "data",
     "Generator": "generation", "generate": "generation", "merge_run": "export", "resolve_model": "models",
-    "Run": "training", "train": "training",
+    "Run": "training", "train": "training", "retrain": "registry", "reeval": "registry",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

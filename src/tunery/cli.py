@@ -150,25 +150,23 @@ def eval_(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Loss, perplexity and generation metrics of one model on a dataset."""
-    from .config import DataConfig
-    from .evaluate.evaluator import dataset_loss, evaluate, load_cases
+    from .evaluate.evaluator import evaluate_model
     from .evaluate.metrics import resolve_metrics
-    from .generation import Generator
+    from .registry import recorder
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     resolve_metrics(names)  # unknown metric: an error before loading anything
     options = _metric_options(schema, regex)
-    cases = load_cases(data, limit=limit)
-    gen = Generator(model)
-    loss = dataset_loss(gen, data, DataConfig(model=model))
-    result = {"model": model, "data": str(data)} | evaluate(
-        gen, cases, names, options=options, max_new_tokens=max_new_tokens, batch_size=batch_size, loss=loss)
+    registered = recorder.registered_id(model)  # a registered fine-tune keeps its results
+    result = evaluate_model(model, data, names, options=options, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, limit=limit)
+    recorder.record_eval(registered, "eval", data, result, _eval_params(names, options, max_new_tokens, limit))
     if as_json:
         print(json.dumps(result))
         return
     from rich.table import Table
 
-    table = Table(title=f"{model} on {len(cases)} examples of {data}")
+    table = Table(title=f"{model} on {len(result['examples'])} examples of {data}")
     table.add_column("metric")
     table.add_column("mean", justify="right")
     for name, v in result["metrics"].items():
@@ -200,13 +198,18 @@ def compare(
     from .evaluate.metrics import resolve_metrics
     from .evaluate.report import print_comparison, write_report
     from .models import resolve_model
+    from .registry import recorder
     from .training.run_dir import read_metrics
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     resolve_metrics(names)
+    options = _metric_options(schema, regex)
+    registered = recorder.registered_id(tuned)
     result = run_compare(base, tuned, data, metrics=names, few_shot=few_shot, system=system,
-                         train_data=str(train_data) if train_data else None, options=_metric_options(schema, regex),
+                         train_data=str(train_data) if train_data else None, options=options,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
+    recorder.record_eval(registered, "compare", data, result["contestants"]["tuned"],
+                         _eval_params(names, options, max_new_tokens, limit))
     run = resolve_model(tuned).run
     out = report_dir or ((run / "report") if run else Path("report"))
     json_path, html_path = write_report(result, out, read_metrics(run) if run else [])
@@ -215,6 +218,11 @@ def compare(
         return
     print_comparison(result, _console())
     _console().print(f"report: {html_path} and {json_path}")
+
+
+def _eval_params(names: list[str], options: dict, max_new_tokens: int, limit: Optional[int]) -> dict:
+    """What `tunery reeval` / `retrain` need to run the same evaluation again."""
+    return {"metrics": names, "options": options, "max_new_tokens": max_new_tokens, "limit": limit}
 
 
 def _train(config: Optional[str] = None, **flags):
@@ -251,6 +259,26 @@ def _register_train() -> None:
 
 
 _register_train()
+
+
+def _register_registry() -> None:
+    from . import cli_registry
+
+    app.add_typer(cli_registry.models_app, name="models")
+    for command in (cli_registry.lineage, cli_registry.retrain, cli_registry.reeval):
+        app.command()(command)
+
+
+_register_registry()
+
+
+def _register_serve() -> None:
+    from .serve.command import register
+
+    register(app)
+
+
+_register_serve()
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ class TrainConfig(DataConfig):
     lr: float | Literal["auto"] = Field("auto", description="Peak learning rate; auto: 2e-4 for LoRA/DoRA/QLoRA, 2e-5 for full")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
+    group_by_length: bool = Field(True, description="Put examples of similar length in the same step (less padding)")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate decay after warmup")
     warmup: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
@@ -81,6 +82,10 @@ class TrainConfig(DataConfig):
     out: str | None = Field(None, description="Run folder (default: runs/<data>-<method>-<time>)")
     resume: bool = Field(False, description="Continue from the latest complete checkpoint in --out")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: fp32 on CPU, bf16 on CUDA")
+    suffix: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,40}$",
+        description="Part of the registry name ft:<base>:<suffix>:<id>; default: the data file's name")
+    derived_from: str | None = Field(None, description="Registry id of the model this run re-trains (set by tunery retrain)")
 
     @field_validator("target_modules", mode="before")
     @classmethod

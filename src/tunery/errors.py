@@ -21,3 +21,11 @@ class TemplateError(TuneryError):
 
 class ConfigError(TuneryError):
     exit_code = 2
+
+
+class RegistryError(TuneryError):
+    """The model registry (TUNERY_HOME/registry.db) is unreadable, busy or lacks a model."""
+
+
+class RegressionError(TuneryError):
+    """A retrained or re-evaluated model scored worse than allowed (a CI gate failing on purpose)."""

@@ -15,6 +15,41 @@ class Generation:
     finish_reason: str  # stop | length
 
 
+def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[int], *, max_new_tokens: int,
+                   temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
+                   streamer=None) -> list[Generation]:
+    """One left-padded batch through `model.generate` (KV cache), cut at end-of-turn or a stop string."""
+    import torch
+
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p)
+        attention[r, width - len(p):] = 1
+    sampling = temperature > 0
+    extra = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
+            do_sample=sampling, temperature=temperature if sampling else None, top_p=top_p if sampling else None,
+            top_k=None, eos_token_id=stop_ids, pad_token_id=pad, use_cache=True, streamer=streamer, **extra)
+    results = []
+    for r, p in enumerate(prompts):
+        new = out[r, width:].tolist()
+        end = next((k for k, t in enumerate(new) if t in stop_ids), None)
+        kept = new if end is None else new[:end]
+        text = tokenizer.decode(kept, skip_special_tokens=True)
+        finish = "stop" if end is not None else "length"
+        for s in stop or []:
+            if s in text:
+                text, finish = text[: text.index(s)], "stop"
+        results.append(Generation(text, len(p), len(kept) + (end is not None), finish))
+    return results
+
+
 class Generator:
     """A loaded model ready to answer chats. Prompts are batched with left padding."""
 
@@ -32,44 +67,22 @@ class Generator:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def chat(self, conversations: list[list[dict]], *, max_new_tokens: int = 256, batch_size: int = 16,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[Generation]:
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             stop: list[str] | None = None) -> list[Generation]:
         import torch
 
         prompts = [self.prompt_ids(msgs) for msgs in conversations]
         # Longest first, so each batch holds similar lengths and little padding.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
-        pad = self.tokenizer.pad_token_id
-        device = next(self.model.parameters()).device
         if seed is not None:
             torch.manual_seed(seed)
         for b in range(0, len(order), batch_size):
             idx = order[b: b + batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                p = prompts[i]
-                ids[r, width - len(p):] = torch.tensor(p)
-                attn[r, width - len(p):] = 1
-            sampling = temperature > 0
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
-                    do_sample=sampling, temperature=temperature if sampling else None,
-                    top_p=top_p if sampling else None, top_k=None,
-                    eos_token_id=self.stop_ids, pad_token_id=pad,
-                )
-            for r, i in enumerate(idx):
-                new = out[r, width:].tolist()
-                stop = next((k for k, t in enumerate(new) if t in self.stop_ids), None)
-                kept = new if stop is None else new[:stop]
-                results[i] = Generation(
-                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
-                    prompt_tokens=len(prompts[i]),
-                    completion_tokens=len(kept) + (stop is not None),
-                    finish_reason="stop" if stop is not None else "length",
-                )
+            batch = generate_batch(self.model, self.tokenizer, [prompts[i] for i in idx], self.stop_ids,
+                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
+            for i, g in zip(idx, batch):
+                results[i] = g
         return results  # type: ignore[return-value]
 
 

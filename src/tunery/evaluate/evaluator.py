@@ -117,3 +117,19 @@ def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | 
         "latency_s_per_request": seconds / len(examples),
         "seconds": seconds,
     }
+
+
+def evaluate_model(model, data: str | Path, metrics: list[str], *, options: dict | None = None,
+                   max_new_tokens: int = 256, batch_size: int = 16, limit: int | None = None,
+                   data_config: DataConfig | None = None, generator=None) -> dict:
+    """`tunery eval`: load the model (a reference or a ResolvedModel), then loss and generation
+    metrics on a file. Returns {"model", "data", "metrics", "examples", per-request costs}."""
+    from ..generation import Generator
+
+    resolve_metrics(metrics)  # an unknown metric fails before the model is loaded
+    cases = load_cases(data, limit=limit)
+    gen = generator or Generator(model)
+    name = getattr(model, "reference", model)
+    loss = dataset_loss(gen, data, data_config or DataConfig(model=str(name)))
+    return {"model": str(name), "data": str(data)} | evaluate(
+        gen, cases, metrics, options=options, max_new_tokens=max_new_tokens, batch_size=batch_size, loss=loss)

@@ -6,6 +6,7 @@ Accepted references, tried in this order:
   PATH/TO/FILE.gguf                 a GGUF file, imported once into TUNERY_HOME/models
   org/name                          a hub id already in the local Hugging Face cache
   RUN_FOLDER                        a tunery run: its base model plus adapter/, or its model/
+  ft:<base>:<suffix>:<id> | ID      a fine-tune recorded in the registry (TUNERY_HOME/registry.db)
 """
 
 import re
@@ -29,15 +30,18 @@ class ResolvedModel:
     source: str  # default | folder | gguf | hf-cache | run
     adapter: Path | None = None  # a PEFT adapter to apply over `path` (runs of LoRA/DoRA/QLoRA)
     run: Path | None = None  # the run folder this came from
+    tokenizer: Path | None = None  # where the tokenizer comes from when not the usual place
 
     @property
     def tokenizer_path(self) -> Path:
         """Runs ship the tokenizer and chat template they trained with beside their weights."""
-        return self.adapter or self.path
+        return self.tokenizer or self.adapter or self.path
 
 
 def resolve_model(reference: str) -> ResolvedModel:
     ref = str(reference).strip()
+    if ref.startswith("ft:"):
+        return _resolve_registered(ref, required=True)
     if ref.lower() in DEFAULT_ALIASES:
         dest = tunery_home() / "models" / DEFAULT_NAME
         return ResolvedModel(ref, DEFAULT_NAME, import_gguf(default_gguf_path(), dest), "default")
@@ -62,10 +66,14 @@ def resolve_model(reference: str) -> ResolvedModel:
         cached = _hf_cache_folder(ref)
         if cached is not None:
             return ResolvedModel(ref, ref.split("/")[-1], cached, "hf-cache")
+    registered = _resolve_registered(ref, required=False)  # a registry id typed without its name
+    if registered is not None:
+        return registered
     raise ModelNotFound(
         f"model {ref!r} not found: looked for a bundled alias ({', '.join(DEFAULT_ALIASES)}), "
-        "a local model folder, a .gguf file and the local Hugging Face cache; pass one of "
-        "those (nothing is downloaded: put the model in the HF cache or a folder first)"
+        "a local model folder, a .gguf file, the local Hugging Face cache and the registry "
+        "(ft:... names, `tunery models list`); pass one of those (nothing is downloaded: put the "
+        "model in the HF cache or a folder first)"
     )
 
 
@@ -90,3 +98,32 @@ def _resolve_run(ref: str, run: Path) -> ResolvedModel:
         return ResolvedModel(ref, run.name, base.path, "run", adapter=run / "adapter", run=run)
     raise ModelNotFound(f"run {run} has no finished weights yet (no adapter/ or model/): "
                         "resume it with `tunery train --out RUN --resume`")
+
+
+def _resolve_registered(ref: str, required: bool) -> ResolvedModel | None:
+    """A registry name or id: its run folder, with the base found from the recorded (absolute)
+    reference rather than config.yaml's, which may be relative to another working directory."""
+    from ..errors import RegistryError
+    from ..registry import store
+    from ..registry.db import connect
+
+    try:
+        with connect(create=False) as conn:
+            row = store.get(conn, ref) if required else store.find(conn, ref)
+    except RegistryError:
+        if required:
+            raise
+        return None  # an unreadable registry should not mask "model not found" for a plain name
+    if row is None:
+        return None
+    run = Path(row["run_dir"])
+    artifact = run / row["artifact"]
+    if row["files"] == "replaced":
+        raise ModelNotFound(f"{row['name']} has no weights: another run has since been written to {run}")
+    if not artifact.is_dir():
+        state = "has not finished training" if row["status"] == "running" else f"has no weights: {artifact} is missing"
+        raise ModelNotFound(f"{row['name']} {state}")
+    if row["artifact"] == "model":
+        return ResolvedModel(ref, run.name, artifact, "run", run=run)
+    base = resolve_model(row["base_ref"])
+    return ResolvedModel(ref, run.name, base.path, "run", adapter=artifact, run=run)

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import AUTO_LR, TrainConfig, suggest_epochs
 from ..errors import ConfigError, TuneryError
 from ..models import load_tokenizer, resolve_model
+from ..registry import recorder as registry
 from . import checkpoint as ckpt
 from ..data.render import stop_token_ids
 from .batches import TokenLoss, collate, step_groups, steps_per_epoch
@@ -39,6 +40,12 @@ class Run:
 
 
 def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> Run:
+    """Fine-tune; the run is recorded in the registry as it starts, ends, or fails."""
+    with registry.tracking():
+        return _train(config, progress, **overrides)
+
+
+def _train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> Run:
     import torch
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
@@ -101,6 +108,7 @@ def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> R
         **data_info, "parameters": {"trainable": trainable, "total": total},
         "artifact": "model" if cfg.method == "full" else "adapter",
     })
+    info.update(registry.started(run_dir, resolved, info, base))  # {"id", "name"}, saved in run.json too
     write_config(run_dir, resolved)
     write_json_atomic(run_dir / RUN_FILE, info)
 
@@ -126,7 +134,8 @@ def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> R
         model.train()
         while step < total_steps and not stop:
             epoch = step // per_epoch
-            for k, micro_batches in enumerate(step_groups(train_set, cfg.seed, epoch, cfg.batch_size, cfg.grad_accum)):
+            for k, micro_batches in enumerate(step_groups(train_set, cfg.seed, epoch, cfg.batch_size, cfg.grad_accum,
+                                                                cfg.group_by_length)):
                 if k < step - epoch * per_epoch:
                     continue  # already trained before the resume
                 t0 = time.perf_counter()
@@ -204,8 +213,9 @@ def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> R
         final[metric_key] = at_shipped.get(metric_key)
     info.update(status="completed", finished=now(), final=final)
     write_json_atomic(run_dir / RUN_FILE, info)
+    registry.finished(info)
     write_model_card(run_dir, info, resolved)
-    say(f"[green]done[/]: {run_dir} (val_loss {final['val_loss']}, shipped step {shipped})")
+    say(f"[green]done[/]: {info['name']} in {run_dir} (val_loss {final['val_loss']}, shipped step {shipped})")
     return Run(run_dir, resolved, info, rows)
 
 

@@ -99,6 +99,7 @@ def write_model_card(run_dir: Path, info: dict, config: dict) -> None:
         f"# {run_dir.name}", "",
         f"Fine-tuned with tunery ({config['method']}) from base model `{info['base']['reference']}` "
         f"({info['base']['name']}).", "",
+        *([f"Registry name: `{info['name']}` (`tunery models show {info['name']}`).", ""] if info.get("name") else []),
         "## Data", "",
         f"- train: `{data['file']}` (sha256 `{data['sha256'][:16]}…`, {data['used']} of {data['examples']} examples used)",
     ]

@@ -1,0 +1,148 @@
+"""The OpenAI-compatible HTTP API (FastAPI): models and chat completions."""
+
+import asyncio
+import json
+import queue
+import secrets
+import time
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..errors import TuneryError
+from . import errors
+from .engine import ChatRequest, Engine
+from .errors import APIError
+from .schemas import ChatCompletionRequest
+
+DEFAULT_MAX_TOKENS = 256
+
+
+def create_app(engine: Engine | None = None, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="tunery", version="0.1.0")
+    app.state.engine = engine or Engine()
+    errors.install(app)
+
+    async def auth(request: Request):
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    guarded = [Depends(auth)]
+
+    @app.get("/v1/models", dependencies=guarded)
+    async def list_models():
+        return {"object": "list", "data": [_model_card(m) for m in _served_models(app.state.engine)]}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=guarded)
+    async def get_model(model_id: str):
+        _resolve(app.state.engine, model_id)
+        return _model_card(model_id)
+
+    @app.post("/v1/chat/completions", dependencies=guarded)
+    async def chat_completions(body: ChatCompletionRequest):
+        eng = app.state.engine
+        _resolve(eng, body.model)
+        req = ChatRequest(
+            model=body.model, messages=[_message(m) for m in body.messages],
+            max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+            stop=[body.stop] if isinstance(body.stop, str) else body.stop)
+        cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        if body.stream:
+            req.stream = queue.Queue()
+            eng.submit(req)
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_stream(eng, req, cid, created, usage), media_type="text/event-stream")
+        try:
+            gen = await asyncio.wrap_future(eng.submit(req))
+        except TuneryError as exc:
+            raise APIError(400, str(exc)) from None
+        return {
+            "id": cid, "object": "chat.completion", "created": created, "model": body.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                         "finish_reason": gen.finish_reason, "logprobs": None}],
+            "usage": _usage(gen.prompt_tokens, gen.completion_tokens),
+        }
+
+    return app
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _message(m) -> dict:
+    d = m.model_dump(exclude_none=True)
+    d["role"] = "system" if d["role"] == "developer" else d["role"]
+    content = d.get("content")
+    if isinstance(content, list):  # text content parts
+        d["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    d.setdefault("content", "")
+    return d
+
+
+def _resolve(engine: Engine, model: str):
+    try:
+        return engine.resolve(model)
+    except TuneryError as exc:
+        raise APIError(404, f"The model '{model}' does not exist: {exc}", code="model_not_found", param="model") from None
+
+
+def _served_models(engine: Engine) -> list[str]:
+    names = ["default"]
+    try:
+        from ..registry import store
+
+        names += [m["name"] for m in store.list_models() if m.get("status") == "completed"]
+    except Exception:  # no registry yet: base models only
+        pass
+    return list(dict.fromkeys(names))
+
+
+def _model_card(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "tunery"}
+
+
+async def _stream(engine: Engine, req: ChatRequest, cid: str, created: int, include_usage: bool):
+    """Server-sent events in the chat.completion.chunk shape, text deltas decoded incrementally."""
+    tokenizer = None
+
+    def chunk(delta: dict, finish=None, usage=None) -> str:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        if usage is not None:
+            body["choices"], body["usage"] = [], usage
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    ids: list[int] = []
+    sent = ""
+    hold = max((len(s) for s in req.stop or []), default=0)  # text that could still become a stop string
+    while True:
+        item = await asyncio.to_thread(req.stream.get)
+        if item is None:
+            break
+        ids.extend(item)
+        if tokenizer is None:
+            tokenizer = engine._bases[str(engine.resolve(req.model).path)].tokenizer
+        text = tokenizer.decode([t for t in ids], skip_special_tokens=True)
+        visible = text[: len(text) - hold] if hold else text
+        if len(visible) > len(sent) and not visible.endswith("\ufffd"):
+            yield chunk({"content": visible[len(sent):]})
+            sent = visible
+    try:
+        gen = req.future.result()
+    except Exception as exc:
+        yield f"data: {json.dumps(errors.error_body(str(exc), 'server_error'))}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    if len(gen.text) > len(sent) and gen.text.startswith(sent):
+        yield chunk({"content": gen.text[len(sent):]})
+    yield chunk({}, finish=gen.finish_reason)
+    if include_usage:
+        yield chunk({}, usage=_usage(gen.prompt_tokens, gen.completion_tokens))
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,40 @@
+"""`tunery serve`: bind safely, then run uvicorn."""
+
+import ipaddress
+from typing import Optional
+
+import typer
+
+from ..errors import ConfigError
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; non-loopback needs --api-key"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNERY_API_KEY",
+                                          help="Bearer key required on every route"),
+    max_adapters: int = typer.Option(8, "--max-adapters", min=1, help="LoRA adapters kept loaded per base"),
+):
+    """Serve models through an OpenAI-compatible API."""
+    if not is_loopback(host) and not api_key:
+        raise ConfigError(f"host: refusing to bind {host} (reachable from other machines) without --api-key")
+    import uvicorn
+
+    from .app import create_app
+    from .engine import Engine
+
+    app = create_app(Engine(max_adapters=max_adapters), api_key=api_key)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

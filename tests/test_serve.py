@@ -1,0 +1,167 @@
+"""A real uvicorn server on 127.0.0.1 with tiny models, driven by the official openai client."""
+
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl
+from tunery.training import train
+
+TUNERY = str(Path(sys.executable).parent / "tunery")
+KEY = "sk-test-123"
+
+
+def http(method: str, url: str, body=None, key=KEY) -> tuple[int, dict]:
+    """A raw request (stdlib only), for what the openai client would refuse to send."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(home: Path, *extra) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = os.environ | {"TUNERY_HOME": str(home)}
+    proc = subprocess.Popen([TUNERY, "serve", "--port", str(port), *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read())
+        try:
+            http("GET", url + "/v1/models")
+            return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, tmp_path_factory):
+    """Two LoRA fine-tunes over the same tiny base, taught different fixed answers."""
+    folder = tmp_path_factory.mktemp("serve")
+    os.environ.setdefault("TUNERY_HOME", str(folder / "home"))
+    out = {}
+    for answer in ("blue", "green"):
+        rows = [{"messages": [{"role": "user", "content": f"question {i}"},
+                              {"role": "assistant", "content": f"the color is {answer}"}]} for i in range(32)]
+        data = write_jsonl(folder / f"{answer}.jsonl", rows)
+        out[answer] = train(dict(model=str(tiny_model), data=str(data), out=str(folder / answer), max_steps=60,
+                                 lr=3e-2, batch_size=8, val_split=0), progress=False).dir
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(runs, tmp_path_factory):
+    proc, url = start_server(tmp_path_factory.mktemp("home"), "--api-key", KEY, "--max-adapters", "1")
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+def client(url, key=KEY):
+    from openai import OpenAI
+
+    return OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+
+
+def test_chat_switches_adapters_over_one_base(server, runs, tiny_model):
+    c = client(server)
+    ask = [{"role": "user", "content": "question 99"}]
+    for _ in range(2):  # max_adapters=1: every switch evicts and reloads an adapter
+        for answer, run in runs.items():
+            r = c.chat.completions.create(model=str(run), messages=ask, max_tokens=24, temperature=0)
+            assert r.choices[0].message.content == f"the color is {answer}"
+            assert r.choices[0].finish_reason == "stop"
+            assert r.usage.prompt_tokens > 5 and r.usage.completion_tokens == r.usage.total_tokens - r.usage.prompt_tokens
+    base = c.chat.completions.create(model=str(tiny_model), messages=ask, max_tokens=5, temperature=0)
+    assert base.choices[0].message.content not in ("the color is blue", "the color is green")
+    assert base.choices[0].finish_reason == "length" and base.usage.completion_tokens == 5
+
+
+def test_streaming_matches_plain(server, runs):
+    c = client(server)
+    ask = [{"role": "user", "content": "question 7"}]
+    stream = c.chat.completions.create(model=str(runs["blue"]), messages=ask, max_tokens=24, stream=True, temperature=0,
+                                       stream_options={"include_usage": True})
+    pieces, finish, usage = [], None, None
+    for ch in stream:
+        if ch.usage:
+            usage = ch.usage
+        for choice in ch.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == "the color is blue" and finish == "stop"
+    assert len([p for p in pieces if p]) > 1, "streamed in several pieces"
+    assert usage.completion_tokens > 1
+
+
+def test_concurrent_requests_are_all_answered(server, runs):
+    c = client(server)
+
+    def ask(i):
+        run = runs["blue" if i % 2 else "green"]
+        r = c.chat.completions.create(model=str(run), messages=[{"role": "user", "content": f"question {i}"}],
+                                      max_tokens=24, temperature=0)
+        return i, r.choices[0].message.content
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = dict(pool.map(ask, range(12)))
+    assert all(results[i] == f"the color is {'blue' if i % 2 else 'green'}" for i in range(12))
+
+
+def test_sampling_with_seed_is_reproducible(server, runs, tiny_model):
+    c = client(server)
+    kw = dict(model=str(tiny_model), messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+              temperature=1.0, top_p=0.9, seed=5)
+    assert c.chat.completions.create(**kw).choices[0].message.content == \
+        c.chat.completions.create(**kw).choices[0].message.content
+    stop = c.chat.completions.create(model=str(runs["blue"]), messages=[{"role": "user", "content": "question 3"}],
+                                     max_tokens=24, stop=["is"], temperature=0)
+    assert stop.choices[0].message.content == "the color " and stop.choices[0].finish_reason == "stop"
+
+
+def test_errors_have_openai_shape_and_codes(server, runs):
+    import openai
+
+    c = client(server)
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="wrong").models.list()
+    status, body = http("POST", server + "/v1/chat/completions", {"model": str(runs["blue"])})
+    assert status == 400 and body["error"]["param"] == "messages"
+    status, body = http("POST", server + "/v1/chat/completions",
+                        {"model": str(runs["blue"]), "messages": [{"role": "user", "content": "x"}], "temperature": 9})
+    assert status == 400 and body["error"]["param"] == "temperature"
+    ids = [m.id for m in c.models.list().data]
+    assert "default" in ids
+    assert c.models.retrieve(str(runs["blue"])).id == str(runs["blue"])
+
+
+def test_refuses_public_bind_without_key(tmp_path):
+    out = subprocess.run([TUNERY, "serve", "--host", "0.0.0.0", "--port", str(_free_port())], capture_output=True,
+                         text=True, timeout=30, env=os.environ | {"TUNERY_HOME": str(tmp_path)})
+    assert out.returncode == 2 and "without --api-key" in out.stderr and "Traceback" not in out.stderr
