@@ -85,7 +85,51 @@ def _m003_hash_cache(c: sqlite3.Connection) -> None:
         )""")
 
 
-MIGRATIONS = [_m001_models, _m002_evals, _m003_hash_cache]
+def _m004_files_jobs(c: sqlite3.Connection) -> None:
+    # The server's fine-tuning API: uploaded files, jobs, and the events a job emits.
+    c.execute("""
+        CREATE TABLE files (
+            id TEXT PRIMARY KEY,              -- file-<hex>: opaque, never a path
+            filename TEXT NOT NULL,           -- as uploaded; metadata only
+            purpose TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            path TEXT NOT NULL,               -- where tunery stored it (TUNERY_HOME/files/<id>.<ext>)
+            created_at INTEGER NOT NULL
+        )""")
+    c.execute("""
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,              -- ftjob-<hex>
+            model TEXT NOT NULL,
+            training_file TEXT NOT NULL,
+            validation_file TEXT,
+            request TEXT NOT NULL,            -- JSON: hyperparameters, method, suffix, seed, metadata, overrides
+            config TEXT,                      -- JSON: the TrainConfig the worker runs
+            status TEXT NOT NULL,             -- validating_files | queued | running | paused | succeeded | failed | cancelled
+            control TEXT,                     -- pause | cancel: asked by the API, acted on by the worker
+            error TEXT,                       -- JSON {code, message, param}
+            fine_tuned_model TEXT,
+            trained_tokens INTEGER,
+            estimated_finish INTEGER,
+            run_dir TEXT,
+            worker_pid INTEGER,
+            created_at INTEGER NOT NULL,
+            finished_at INTEGER
+        )""")
+    c.execute("CREATE INDEX jobs_status ON jobs(status, created_at)")
+    c.execute("""
+        CREATE TABLE job_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            created_at INTEGER NOT NULL,
+            level TEXT NOT NULL,              -- info | warn | error
+            type TEXT NOT NULL,               -- message | metrics
+            message TEXT NOT NULL,
+            data TEXT
+        )""")
+    c.execute("CREATE INDEX job_events_job ON job_events(job_id, id)")
+
+
+MIGRATIONS = [_m001_models, _m002_evals, _m003_hash_cache, _m004_files_jobs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

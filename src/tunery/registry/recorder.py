@@ -21,7 +21,8 @@ def tracking():
         yield
     except BaseException as exc:
         if holder.get("id"):
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            stopped = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TrainingStopped"
+            status = "interrupted" if stopped else "failed"
             _mark_failed(holder["id"], status, f"{type(exc).__name__}: {exc}".strip().splitlines()[0])
         raise
     finally:

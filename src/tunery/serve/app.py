@@ -18,8 +18,20 @@ from .schemas import ChatCompletionRequest
 DEFAULT_MAX_TOKENS = 256
 
 
-def create_app(engine: Engine | None = None, api_key: str | None = None) -> FastAPI:
-    app = FastAPI(title="tunery", version="0.1.0")
+def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs_worker: bool = True,
+               max_upload_bytes: int = 512 * 2**20) -> FastAPI:
+    """The API. With `jobs_worker`, a worker process runs fine-tuning jobs beside the web process."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        worker = _start_worker() if jobs_worker else None
+        yield
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=10)
+
+    app = FastAPI(title="tunery", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine or Engine()
     errors.install(app)
 
@@ -32,6 +44,9 @@ def create_app(engine: Engine | None = None, api_key: str | None = None) -> Fast
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     guarded = [Depends(auth)]
+    from .ft_routes import router
+
+    app.include_router(router(max_upload_bytes, guarded))
 
     @app.get("/v1/models", dependencies=guarded)
     async def list_models():
@@ -71,6 +86,13 @@ def create_app(engine: Engine | None = None, api_key: str | None = None) -> Fast
     return app
 
 
+def _start_worker():
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "tunery.serve.worker"])
+
+
 def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -94,12 +116,15 @@ def _resolve(engine: Engine, model: str):
 
 def _served_models(engine: Engine) -> list[str]:
     names = ["default"]
-    try:
-        from ..registry import store
+    from ..registry import store
+    from ..registry.db import connect
 
-        names += [m["name"] for m in store.list_models() if m.get("status") == "completed"]
-    except Exception:  # no registry yet: base models only
-        pass
+    try:
+        with connect(create=False) as conn:
+            if conn is not None:
+                names += [m["name"] for m in store.list_models(conn) if m.get("status") == "completed"]
+    except TuneryError as exc:
+        raise APIError(500, str(exc), type="server_error") from None
     return list(dict.fromkeys(names))
 
 

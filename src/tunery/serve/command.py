@@ -23,6 +23,8 @@ def serve(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNERY_API_KEY",
                                           help="Bearer key required on every route"),
     max_adapters: int = typer.Option(8, "--max-adapters", min=1, help="LoRA adapters kept loaded per base"),
+    max_upload_mb: int = typer.Option(512, "--max-upload-mb", min=1, help="Largest file accepted by POST /v1/files"),
+    jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="Run fine-tuning jobs in a worker process"),
 ):
     """Serve models through an OpenAI-compatible API."""
     if not is_loopback(host) and not api_key:
@@ -32,7 +34,8 @@ def serve(
     from .app import create_app
     from .engine import Engine
 
-    app = create_app(Engine(max_adapters=max_adapters), api_key=api_key)
+    app = create_app(Engine(max_adapters=max_adapters), api_key=api_key, jobs_worker=jobs,
+                     max_upload_bytes=max_upload_mb * 2**20)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

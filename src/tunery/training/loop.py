@@ -39,13 +39,21 @@ class Run:
         return self.info.get("final", {}).get("val_loss")
 
 
-def train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> Run:
+class TrainingStopped(Exception):
+    """Raised out of `train` when `on_step` asked to pause (after a checkpoint) or cancel."""
+
+    def __init__(self, action: str, step: int):
+        super().__init__(f"training {action} at step {step}")
+        self.action, self.step = action, step
+
+
+def train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **overrides) -> Run:
     """Fine-tune; the run is recorded in the registry as it starts, ends, or fails."""
     with registry.tracking():
-        return _train(config, progress, **overrides)
+        return _train(config, progress, on_step, **overrides)
 
 
-def _train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> Run:
+def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **overrides) -> Run:
     import torch
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
@@ -179,9 +187,15 @@ def _train(config: "TrainConfig | dict", progress: bool = True, **overrides) -> 
                         state["evals_since_best"] += 1
                         stop = cfg.early_stopping is not None and state["evals_since_best"] >= cfg.early_stopping
                 metrics.log(row)
-                if (save_every and step % save_every == 0) or last or stop or state["best_step"] == step:
+                # A caller (the jobs worker) may pause or cancel between steps; pausing first
+                # checkpoints this step so resuming loses nothing.
+                action = on_step(row | {"total_steps": total_steps}) if on_step else None
+                if (save_every and step % save_every == 0) or last or stop or state["best_step"] == step \
+                        or action == "pause":
                     ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler, state)
                     ckpt.prune_checkpoints(run_dir, cfg.keep_checkpoints, {state["best_step"]} - {None})
+                if action in ("pause", "cancel"):
+                    raise TrainingStopped(action, step)
                 bar.update(row)
                 if last or stop:
                     break
