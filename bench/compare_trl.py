@@ -60,8 +60,15 @@ def prepare(args, folder: Path) -> dict:
         f.writelines(json.dumps({"input_ids": e.input_ids, "completion_mask": e.loss_mask}) + "\n" for e in rows)
     with open(folder / "val.jsonl", "w") as f:
         f.writelines(json.dumps({"input_ids": e.input_ids, "completion_mask": e.loss_mask}) + "\n" for e in val)
+    from tunery.models.hardware import default_dtype
+
+    precision = args.precision
+    if precision == "auto":
+        import torch
+
+        precision = "bf16" if default_dtype("cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16 else "fp32"
     return {"model": str(model_path), "params": _param_count(str(model_path)), "train_examples": len(rows),
-            "val_examples": len(val)}
+            "val_examples": len(val), "precision": precision}
 
 
 def load_rows(path: Path):
@@ -115,6 +122,7 @@ def _tunery(meta, folder, args, train_rows, val_rows) -> dict:
     from tunery.training import loop
 
     cfg = TrainConfig(model=meta["model"], data="(prepared)", out=str(folder / "run-tunery"), method="lora",
+                      precision=meta["precision"],
                       max_steps=args.steps, batch_size=args.batch_size, lr=2e-4, warmup=0, val_split=0,
                       eval_every=None, save_every=None, max_length=args.max_length)
     loop.load_data = lambda cfg, tok: (train_rows, [], {"data": {"file": "(prepared)", "sha256": "-", "examples": len(
@@ -158,7 +166,9 @@ def _trl(side, meta, folder, args, train_rows, val_rows) -> dict:
                use_cpu=not cuda)
     if tuned:
         # Rows are already cut to max_length; TRL refuses padding_free with a max_length it cannot enforce.
-        job |= dict(padding_free=True, gradient_checkpointing=False, bf16=cuda, use_liger_kernel=cuda, max_length=None)
+        # Same precision as the tunery side: bf16 autocast where this machine runs it fast.
+        job |= dict(padding_free=True, gradient_checkpointing=False, bf16=meta["precision"] == "bf16",
+                    use_liger_kernel=cuda, max_length=None)
     config = SFTConfig(**job)
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "completion_mask": e.loss_mask} for e in train_rows])
 
@@ -186,10 +196,11 @@ def _trl(side, meta, folder, args, train_rows, val_rows) -> dict:
             "val_loss": val_loss(model, val_rows, tok.pad_token_id)}
 
 
-def matmul_gflops(seconds: float = 3.0) -> float:
+def matmul_gflops(seconds: float = 3.0, dtype: str = "fp32") -> float:
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
     a @ b
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -210,6 +221,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=None, help="alternating A/B rounds (default 3; quick: 1)")
     ap.add_argument("--sides", default=",".join(SIDES))
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="compute precision of tunery and TRL-tuned (auto: bf16 where measured faster)")
     ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -227,7 +240,7 @@ def main() -> None:
         meta = prepare(args, folder)
         (folder / "meta.json").write_text(json.dumps(meta))
         results = {s: [] for s in sides}
-        gflops = [matmul_gflops()]
+        gflops = {"fp32": [matmul_gflops(1.5)], "bf16": [matmul_gflops(1.5, "bf16")]}
         for r in range(args.rounds):
             for side in sides:
                 steps = args.default_steps if side == "trl_default" else args.steps
@@ -243,8 +256,9 @@ def main() -> None:
                 results[side].append(res)
                 log(f"round {r + 1} {side:12s} {res['tokens_per_s']:8.1f} tok/s  peak {res['peak_rss_mb']:7.0f} MB  "
                     f"step0 loss {res['step0_loss']:.4f}  val {res['val_loss']:.4f}")
-            gflops.append(matmul_gflops())
-    report = summarise(results, meta, args, statistics.median(gflops))
+            for k in gflops:
+                gflops[k].append(matmul_gflops(1.5, k))
+    report = summarise(results, meta, args, {k: statistics.median(v) for k, v in gflops.items()})
     if args.json:
         print(json.dumps(report))
     else:
@@ -264,12 +278,13 @@ def summarise(results: dict, meta: dict, args, gflops: float) -> dict:
         "torch_threads": torch.get_num_threads(), "model": "tiny random (quick)" if args.quick else args.model,
         "params": n_params,
         "steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds, "date": time.strftime("%Y-%m-%d"),
-        "matmul_gflops": round(gflops, 1),
+        "precision": meta["precision"],
+        "matmul_gflops": {k: round(v, 1) for k, v in gflops.items()},
     }
     if t:
         out["tunery_tokens_per_s"] = round(t["tokens_per_s"], 1)
         # LoRA: about 4N FLOPs per trained token (forward 2N, backward through activations 2N).
-        out["tunery_matmul_utilisation"] = round(4 * n_params * t["tokens_per_s"] / (gflops * 1e9), 3)
+        out["tunery_matmul_utilisation"] = round(4 * n_params * t["tokens_per_s"] / (gflops[meta["precision"]] * 1e9), 3)
     for side, name in (("trl_tuned", "trl"), ("trl_default", "trl_default")):
         if t and side in med:
             o = med[side]

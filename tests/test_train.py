@@ -58,11 +58,11 @@ def test_grad_accum_matches_bigger_batch(tiny_model, toy_data, tmp_path):
     step's trained tokens, not per micro-batch."""
     from safetensors.torch import load_file
 
-    common = dict(method="full", max_steps=3, lr=1e-3, val_split=0, save_every=3, warmup=0)
+    common = dict(method="full", max_steps=3, lr=1e-3, val_split=0, save_every=3, warmup=0, precision="fp32")
     a = train(cfg(tiny_model, toy_data, tmp_path / "a", batch_size=8, grad_accum=1, **common), progress=False)
     b = train(cfg(tiny_model, toy_data, tmp_path / "b", batch_size=4, grad_accum=2, **common), progress=False)
     c = train(cfg(tiny_model, toy_data, tmp_path / "c", batch_size=3, grad_accum=3, max_steps=3, method="full",
-                  lr=1e-3, val_split=0, warmup=0), progress=False)
+                  lr=1e-3, val_split=0, warmup=0, precision="fp32"), progress=False)
     for r1, r2 in zip(a.metrics, b.metrics):
         assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-5)
         assert r1["grad_norm"] == pytest.approx(r2["grad_norm"], rel=1e-4)

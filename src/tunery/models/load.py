@@ -54,6 +54,8 @@ def load_model(model: "str | Path | ResolvedModel", dtype=None, device: str | No
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
+        # Inference keeps fp32 weights on CPU: pure-bf16 weights (no autocast) lose accuracy in the
+        # residual stream, and autocast would re-cast every weight at every generated token.
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
         lm = AutoModelForCausalLM.from_pretrained(

@@ -9,6 +9,7 @@
   5) ship the selected weights (best or last) with tokenizer, config and model card
 """
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -96,8 +97,11 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
     from accelerate import Accelerator
 
     device, dtype = device_and_dtype(cfg)
-    accelerator = Accelerator(cpu=device == "cpu",
-                              mixed_precision="bf16" if dtype == torch.bfloat16 else "no")
+    # Mixed precision by plain torch.autocast: accelerate's is process-global and would pin every
+    # later run in this process (tests, the jobs worker) to the first run's precision.
+    accelerator = Accelerator(cpu=device == "cpu")
+    autocast = functools.partial(torch.autocast, device_type=device, dtype=torch.bfloat16,
+                                 enabled=dtype == torch.bfloat16)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, base)
     trainable, total = count_parameters(model)
@@ -151,7 +155,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                 step_loss, step_tokens = 0.0, 0
                 for mb in micro_batches:
                     batch = collate(mb, pad_id, accelerator.device)
-                    with accelerator.autocast():
+                    with autocast():
                         loss_sum, _ = loss_fn(**batch)
                     accelerator.backward(loss_sum / group_tokens)
                     step_loss += loss_sum.item()
@@ -171,7 +175,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                        "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
                 last = step == total_steps
                 if val_set and (step % eval_every == 0 or last):
-                    row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, pad_id, accelerator)
+                    row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, pad_id, accelerator, autocast)
                     model.train()
                 if metric_key and val_set and (step % cfg.eval_generate_every == 0 or last):
                     row[metric_key] = generation_score(
@@ -245,7 +249,7 @@ def _check_eval_metric(cfg: TrainConfig) -> str | None:
     return f"eval_{cfg.eval_metric}"
 
 
-def evaluate(loss_fn, examples, batch_size, pad_id, accelerator) -> float:
+def evaluate(loss_fn, examples, batch_size, pad_id, accelerator, autocast) -> float:
     """Mean loss per trained token over the validation set."""
     import torch
 
@@ -255,7 +259,7 @@ def evaluate(loss_fn, examples, batch_size, pad_id, accelerator) -> float:
     with torch.no_grad():
         for i in range(0, len(ordered), batch_size):
             batch = collate(ordered[i: i + batch_size], pad_id, accelerator.device)
-            with accelerator.autocast():
+            with autocast():
                 loss_sum, n = loss_fn(**batch)
             total += loss_sum.item()
             count += int(n)
@@ -294,7 +298,11 @@ def load_data(cfg: TrainConfig, tokenizer):
 def export(model, tokenizer, run_dir: Path, method: str) -> None:
     """Write adapter/ (PEFT format, no embedding copies) or model/ (full weights), atomically."""
     from ..home import atomic_dir
+    from .kernels import ATTN_FP32
 
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.config._attn_implementation == ATTN_FP32:
+        base.set_attn_implementation("sdpa")  # our training-only kernel must not leak into the saved config
     with atomic_dir(run_dir / ("model" if method == "full" else "adapter")) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
