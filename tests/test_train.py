@@ -267,3 +267,17 @@ def test_chat_cli_answers_until_empty_line(tiny_model, toy_data, tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("model>") == 2
+
+
+def test_custom_template_ships_with_the_weights(tiny_model, toy_data, tmp_path):
+    template = ("{% for m in messages %}{{ '### ' + m['role'] + ': ' + m['content'] + '<|im_end|>' + '\\n' }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '### assistant: ' }}{% endif %}")
+    path = tmp_path / "t.jinja"
+    path.write_text(template)
+    run = train(cfg(tiny_model, toy_data, tmp_path / "run", max_steps=2, template=str(path)), progress=False)
+    assert (run.dir / "adapter" / "chat_template.jinja").read_text() == template
+
+    from tunery.generation import Generator
+
+    gen = Generator(str(run.dir))
+    assert gen.tokenizer.decode(gen.prompt_ids([{"role": "user", "content": "hi"}])) == "### user: hi<|im_end|>\n### assistant: "

@@ -215,7 +215,7 @@ def remove(conn, ref: str) -> dict:
     deleted, so no row ever points at a half-deleted folder. Returns the removed row.
     """
     row = get(conn, ref)
-    if row["status"] == "running" and _alive(row["pid"]):
+    if row["status"] == "running" and pid_alive(row["pid"]):
         raise RegistryError(f"{row['name']} is still training (pid {row['pid']}); stop it first")
     run = Path(row["run_dir"])
     owns_folder = run.is_dir() and row["files"] != "replaced"  # a reused folder is another model's now
@@ -240,7 +240,8 @@ def remove(conn, ref: str) -> dict:
     return row
 
 
-def _alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Is a process with this id running (on this machine)?"""
     if not pid:
         return False
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import TuneryError
 from ..registry.db import connect, transaction
+from ..registry.store import pid_alive
 from . import jobs
 
 POLL_S = 0.3
@@ -46,18 +47,6 @@ def _die_with_parent() -> None:
         pass  # not Linux: the getppid() checks still stop it between steps
 
 
-def _alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def claim_next() -> dict | None:
     """Take the next job: an orphaned running one first (resume), then files to validate, then
     the oldest queued job."""
@@ -68,7 +57,7 @@ def claim_next() -> dict | None:
                             "created_at, rowid").fetchall()
         for row in rows:
             row = dict(row)
-            if row["worker_pid"] == me or (row["worker_pid"] and _alive(row["worker_pid"])):
+            if row["worker_pid"] == me or pid_alive(row["worker_pid"]):
                 continue
             conn.execute("UPDATE jobs SET worker_pid = ? WHERE id = ?", (me, row["id"]))
             row["worker_pid"] = me

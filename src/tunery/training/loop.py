@@ -221,6 +221,10 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
 
         ckpt.load_trainable(model, load_file(best / "trainable.safetensors"))
         shipped = state["best_step"]
+    if cfg.template:  # inference must use the template training used: ship it with the weights
+        from ..data.template import load_template
+
+        tokenizer.chat_template = load_template(tokenizer, cfg.template).source
     export(model, tokenizer, run_dir, cfg.method)
     rows = read_metrics(run_dir)
     at_shipped = next((r for r in rows if r["step"] == shipped), {})
