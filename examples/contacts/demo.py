@@ -41,7 +41,7 @@ def main() -> None:
     console.rule("2. LoRA fine-tune on CPU")
     shutil.rmtree(args.out, ignore_errors=True)
     run = tunery.train(dict(model="default", data=str(HERE / "train.jsonl"), method="lora", max_steps=args.steps,
-                            batch_size=8, out=args.out))
+                            suffix="contacts", batch_size=8, out=args.out))
 
     console.rule("3. base vs prompt-only vs tuned, on held-out examples")
     result = compare("default", str(run.dir), HERE / "test.jsonl", metrics=["json_exact", "json_valid"],
