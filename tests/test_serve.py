@@ -157,7 +157,7 @@ def test_errors_have_openai_shape_and_codes(server, runs):
                         {"model": str(runs["blue"]), "messages": [{"role": "user", "content": "x"}], "temperature": 9})
     assert status == 400 and body["error"]["param"] == "temperature"
     ids = [m.id for m in c.models.list().data]
-    assert "default" in ids
+    assert "default" in ids and str(runs["blue"]) in ids  # models in use are listed
     assert c.models.retrieve(str(runs["blue"])).id == str(runs["blue"])
 
 

@@ -115,7 +115,7 @@ def _resolve(engine: Engine, model: str):
 
 
 def _served_models(engine: Engine) -> list[str]:
-    names = ["default"]
+    names = ["default", *engine.served_names()]  # the bundled base and every model asked for so far
     from ..registry import store
     from ..registry.db import connect
 

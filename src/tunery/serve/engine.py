@@ -63,8 +63,8 @@ class Engine:
     def forget(self, name: str) -> None:
         self._resolved.pop(name, None)
 
-    def loaded_bases(self) -> list[str]:
-        return list(self._bases)
+    def served_names(self) -> list[str]:
+        return list(self._resolved)
 
     def submit(self, req: ChatRequest) -> Future:
         self.resolve(req.model)  # unknown models fail here, in the caller's thread
