@@ -165,3 +165,13 @@ def test_refuses_public_bind_without_key(tmp_path):
     out = subprocess.run([TUNERY, "serve", "--host", "0.0.0.0", "--port", str(_free_port())], capture_output=True,
                          text=True, timeout=30, env=os.environ | {"TUNERY_HOME": str(tmp_path)})
     assert out.returncode == 2 and "without --api-key" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([TUNERY, "serve", "--port", str(port), "--no-jobs"], capture_output=True, text=True,
+                             timeout=30, env=os.environ | {"TUNERY_HOME": str(tmp_path)})
+    assert out.returncode == 2 and "cannot listen" in out.stderr and "Traceback" not in out.stderr

@@ -29,6 +29,7 @@ def serve(
     """Serve models through an OpenAI-compatible API."""
     if not is_loopback(host) and not api_key:
         raise ConfigError(f"host: refusing to bind {host} (reachable from other machines) without --api-key")
+    _check_port_free(host, port)
     import uvicorn
 
     from .app import create_app
@@ -37,6 +38,18 @@ def serve(
     app = create_app(Engine(max_adapters=max_adapters), api_key=api_key, jobs_worker=jobs,
                      max_upload_bytes=max_upload_mb * 2**20)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"port: cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
 
 
 def register(app: typer.Typer) -> None:
