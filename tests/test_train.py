@@ -77,7 +77,7 @@ def test_grad_accum_matches_bigger_batch(tiny_model, toy_data, tmp_path):
 
 def _train_cmd(tiny_model, data, out, *extra):
     return [TUNERY, "train", "--model", str(tiny_model), "--data", str(data), "--out", str(out), "--method", "lora",
-            "--max-steps", "40", "--batch-size", "4", "--lr", "0.01", "--lora-dropout", "0.1", "--save-every", "2",
+            "--max-steps", "120", "--batch-size", "4", "--lr", "0.01", "--lora-dropout", "0.1", "--save-every", "2",
             "--eval-every", "5", "--seed", "3", *extra]
 
 
@@ -109,7 +109,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model, toy_data, tmp_pat
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
     ma = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in mb] == list(range(1, 41))
+    assert [r["step"] for r in mb] == list(range(1, 121))
     for ra, rb in zip(ma, mb):
         for key in ("loss", "lr", "grad_norm", "val_loss", "trained_tokens"):
             assert (key in ra) == (key in rb)
