@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from .formats import FORMATS, Invalid, detect_file_format, normalise
-from .readers import read_rows
+from .formats import Invalid, normalise, rows_with_format
 from .render import OVERLONG_POLICIES, Encoded, Renderer, apply_max_length
 from .types import Issue
 
@@ -63,15 +62,9 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
     path = Path(path)
     if overlong not in OVERLONG_POLICIES:
         raise DataError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got {overlong!r}")
-    rows = read_rows(path)
-    head = list(itertools.islice(rows, 64))
-    if fmt == "auto":
-        fmt = detect_file_format(head, str(path)) if head else "chat"
-    elif fmt not in FORMATS:
-        raise DataError(f"format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+    fmt, rows = rows_with_format(path, fmt)
     scan = Scan(path=path, format=fmt)
     seen: dict[bytes, int] = {}
-    rows = itertools.chain(head, rows)
     while chunk := list(itertools.islice(rows, CHUNK)):
         convs = []
         for line, row in chunk:

@@ -8,8 +8,7 @@ from pathlib import Path
 from ..config import DataConfig, suggest_epochs
 from ..errors import DataError
 from .dataset import Scan, scan_file
-from .formats import Invalid, normalise
-from .readers import read_rows
+from .formats import Invalid, normalise, rows_with_format
 from .render import Renderer
 from .template import load_template
 
@@ -93,15 +92,7 @@ def render_example(path: str | Path, k: int, cfg: DataConfig, tokenizer=None) ->
 
         tokenizer = load_tokenizer(cfg.model)
     renderer = make_renderer(tokenizer, cfg)
-    rows = read_rows(path)
-    if cfg.format == "auto":
-        from .formats import detect_file_format
-
-        head = list(itertools.islice(rows, 64))
-        fmt = detect_file_format(head, str(path))
-        rows = itertools.chain(head, rows)
-    else:
-        fmt = cfg.format
+    fmt, rows = rows_with_format(path, cfg.format)
     picked = next(itertools.islice(rows, k - 1, k), None) if k >= 1 else None
     if picked is None:
         raise DataError(f"{path}: there is no example {k} (examples are numbered from 1)")

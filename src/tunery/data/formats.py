@@ -64,6 +64,21 @@ def detect_file_format(rows: list[tuple[int, object]], where: str) -> str:
     return max(seen, key=seen.get)
 
 
+def rows_with_format(path, fmt: str = "auto"):
+    """(format, rows) for a file: `auto` is detected from its first rows, which stay in the stream."""
+    import itertools
+
+    from .readers import read_rows
+
+    if fmt != "auto" and fmt not in FORMATS:
+        raise DataError(f"format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+    rows = read_rows(path)
+    if fmt != "auto":
+        return fmt, rows
+    head = list(itertools.islice(rows, 64))
+    return (detect_file_format(head, str(path)) if head else "chat"), itertools.chain(head, rows)
+
+
 def normalise(line: int, row: object, fmt: str) -> tuple[Conversation | None, list[Issue]]:
     """Return the conversation, or None with the issues that make it unusable."""
     if isinstance(row, RowError):

@@ -1,7 +1,6 @@
 """Evaluate one model on a dataset: loss and perplexity on the trained tokens, and generation
 metrics on each example's final assistant turn (batched, greedy, stopping at end of turn)."""
 
-import itertools
 import math
 import random
 import time
@@ -11,8 +10,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..data.dataset import scan_file
 from ..data.doctor import make_renderer
-from ..data.formats import detect_file_format, normalise
-from ..data.readers import read_rows
+from ..data.formats import normalise, rows_with_format
 from ..errors import DataError
 from .metrics import resolve_metrics
 
@@ -25,11 +23,9 @@ class Case:
 
 
 def load_cases(path: str | Path, fmt: str = "auto", limit: int | None = None) -> list[Case]:
-    rows = read_rows(path)
-    head = list(itertools.islice(rows, 64))
-    fmt = detect_file_format(head, str(path)) if fmt == "auto" else fmt
+    fmt, rows = rows_with_format(path, fmt)
     cases = []
-    for line, row in itertools.chain(head, rows):
+    for line, row in rows:
         conv, issues = normalise(line, row, fmt)
         if conv is None:
             raise DataError(f"{path}:{line}: {issues[0].message} [{issues[0].code}]")

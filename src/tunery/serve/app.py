@@ -7,7 +7,7 @@ import secrets
 import time
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from ..errors import TuneryError
 from . import errors
@@ -153,7 +153,7 @@ async def _stream(engine: Engine, req: ChatRequest, cid: str, created: int, incl
             break
         ids.extend(item)
         if tokenizer is None:
-            tokenizer = engine._bases[str(engine.resolve(req.model).path)].tokenizer
+            tokenizer = engine.tokenizer_for(req.model)
         text = tokenizer.decode([t for t in ids], skip_special_tokens=True)
         visible = text[: len(text) - hold] if hold else text
         if len(visible) > len(sent) and not visible.endswith("\ufffd"):

@@ -60,9 +60,6 @@ class Engine:
             self._resolved[name] = resolve_model(name)
         return self._resolved[name]
 
-    def forget(self, name: str) -> None:
-        self._resolved.pop(name, None)
-
     def served_names(self) -> list[str]:
         return list(self._resolved)
 
@@ -73,9 +70,9 @@ class Engine:
             self._cv.notify()
         return req.future
 
-    def count_prompt_tokens(self, req: ChatRequest) -> int:
-        base, template = self._prepare(self.resolve(req.model))
-        return len(self._prompt_ids(base, template, req.messages))
+    def tokenizer_for(self, name: str):
+        """The tokenizer of a model's loaded base (loaded by the time its request is generating)."""
+        return self._bases[str(self.resolve(name).path)].tokenizer
 
     # -- worker ----------------------------------------------------------------------------------
     def _loop(self) -> None:
