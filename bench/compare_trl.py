@@ -81,7 +81,8 @@ def load_rows(path: Path):
 def val_loss(model, val_rows, pad_id) -> float:
     import torch
 
-    from tunery.training.batches import TokenLoss, collate
+    from tunery.training.batches import collate
+    from tunery.training.loss import TokenLoss
 
     loss_fn = TokenLoss(model).eval()
     total = count = 0

@@ -2,6 +2,9 @@
 
 import random
 
+import pytest
+import torch
+
 from tunery.data import Example
 from tunery.training.batches import step_groups, steps_per_epoch
 
@@ -39,3 +42,83 @@ def test_grouping_by_length_cuts_padding():
     grouped = _padding(step_groups(ex, 0, 0, 8, 1, group_by_length=True))
     plain = _padding(step_groups(ex, 0, 0, 8, 1, group_by_length=False))
     assert plain > 0.5 and grouped < 0.1, (plain, grouped)
+
+
+def test_shared_prefix_stops_before_the_first_target():
+    from tunery.training.batches import shared_prefix_length
+
+    rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9], [1, 2, 3, 7]]
+    assert shared_prefix_length(rows, [[0] * 6, [0] * 5, [0] * 4]) == 3
+    # token 3 of the second row is trained, so position 2 must not be shared: prefix of 2
+    assert shared_prefix_length(rows, [[0] * 6, [0, 0, 0, 1, 1], [0] * 4]) == 2
+    assert shared_prefix_length([[1, 2, 3]], [[0, 0, 1]]) == 0  # nothing to share with one row
+    assert shared_prefix_length([[1, 2], [1, 2]], [[0, 1], [0, 1]]) == 0  # every row keeps a token
+
+
+def _qwen2(folder):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tiny import build_tokenizer
+
+    tok = build_tokenizer(folder)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=None)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_packed_batches_match_padded_ones(tiny_model, tmp_path, arch, precision):
+    """Packing (no padding, a shared prefix computed once) gives the loss and the LoRA gradients of
+    running every example in its own padded row."""
+    from tunery.config import TrainConfig
+    from tunery.data import Example
+    from tunery.models import resolve_model
+    from tunery.training import attention
+    from tunery.training.batches import collate
+    from tunery.training.loss import TokenLoss
+    from tunery.training.setup import build_model
+
+    path = tiny_model if arch == "llama" else _qwen2(tmp_path / "qwen2")
+    cfg = TrainConfig(model=str(path), data="-", method="lora", lora_r=4, precision="fp32")
+    model = build_model(cfg, resolve_model(str(path)))
+    assert attention.installed(model)
+    for name, p in model.named_parameters():  # LoRA B starts at zero: make the adapter matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    loss_fn = TokenLoss(model)
+    prefix = [1, 30, 31, 32, 33, 34, 35, 36, 2]
+    batch = [Example(0, prefix + [40, 41, 42, 43, 2], [0] * 9 + [0, 1, 1, 1, 1]),
+             Example(1, prefix + [50, 51, 2], [0] * 9 + [0, 1, 1]),
+             Example(2, prefix + [60, 61, 62, 63, 64, 65, 66, 2], [0] * 9 + [0, 0, 0, 1, 1, 0, 1, 1])]
+
+    def run(bf16=False, **how):
+        model.zero_grad()
+        b = collate(batch, 2, "cpu", **how)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss_sum, n = loss_fn(**b)
+        loss_sum.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+        return loss_sum.item(), int(n), grads, b
+
+    if precision == "fp32":
+        ref_loss, ref_n, ref_grads, _ = run()
+        for how in (dict(packed=True), dict(packed=True, share_prefix=True)):
+            loss, n, grads, b = run(**how)
+            assert n == ref_n == 10 and loss == pytest.approx(ref_loss, rel=1e-5)
+            for k in ref_grads:
+                torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-3, atol=1e-4, msg=lambda m: f"{how} {k}: {m}")
+            # no padding, and the shared prefix stored once instead of three times
+            shared = 9 if how.get("share_prefix") else 0
+            assert b["input_ids"].shape == (1, sum(len(e.input_ids) for e in batch) - 2 * shared)
+        return
+    # bf16: packing must stay as close to padded batches as bf16 rounding allows
+    pad_loss, _, pad_grads, _ = run(bf16=True)
+    loss, _, grads, _ = run(bf16=True, packed=True, share_prefix=True)
+    assert loss == pytest.approx(pad_loss, rel=1e-2)
+    worst = max(((grads[k] - pad_grads[k]).norm() / pad_grads[k].norm()).item() for k in grads)
+    assert worst < 0.05

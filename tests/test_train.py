@@ -184,7 +184,7 @@ def test_bad_input_refused_before_compute(tiny_model, toy_data, tmp_path):
 
 def test_early_stopping_keeps_best(tiny_model, toy_data, tmp_path):
     # A learning rate far too high makes validation loss climb after the first evaluations.
-    run = train(cfg(tiny_model, toy_data, tmp_path / "es", method="full", lr=0.5, max_steps=40, eval_every=2,
+    run = train(cfg(tiny_model, toy_data, tmp_path / "es", method="full", lr=0.9, max_steps=40, eval_every=2,
                     early_stopping=2, warmup=0), progress=False)
     final = run.info["final"]
     assert final["steps"] < 40
@@ -216,7 +216,8 @@ def test_masked_tokens_have_no_influence_on_gradients(tiny_model, tiny_tokenizer
     from transformers import AutoModelForCausalLM
 
     from tunery.data import Example
-    from tunery.training.batches import TokenLoss, collate
+    from tunery.training.batches import collate
+    from tunery.training.loss import TokenLoss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     loss_fn = TokenLoss(model)

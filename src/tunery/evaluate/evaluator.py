@@ -65,7 +65,8 @@ def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int =
     """Mean cross-entropy per trained token, computed exactly as training computes it."""
     import torch
 
-    from ..training.batches import TokenLoss, collate
+    from ..training.batches import collate
+    from ..training.loss import TokenLoss
 
     scan = scan_file(path, make_renderer(generator.tokenizer, cfg), max_length=cfg.max_length,
                      overlong="truncate", fmt=cfg.format, keep=True)

@@ -1,17 +1,17 @@
-"""Data order, optimizer-step groups, micro-batches and the loss on trained tokens only.
+"""Data order, optimizer-step groups and micro-batches.
 
 The order of examples is a pure function of (seed, epoch), so a resumed run replays exactly the
 batches an uninterrupted run would have seen: the position in the data is just (epoch, step).
 """
 
+import functools
 import math
 import random
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from ..data import Example
+from .attention import PackedLayout
 
 
 def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
@@ -51,37 +51,66 @@ def step_groups(examples: list[Example], seed: int, epoch: int, batch_size: int,
         yield [group[i: i + batch_size] for i in range(0, len(group), batch_size)]
 
 
-def collate(batch: list[Example], pad_id: int, device) -> dict[str, torch.Tensor]:
+def collate(batch: list[Example], pad_id: int, device, packed: bool = False, share_prefix: bool = False) -> dict:
+    """The keyword arguments of `TokenLoss` for one micro-batch.
+
+    Padded: (rows, longest) tensors, right-padded. Packed (models whose attention supports it,
+    see attention.py): one row of the batch's real tokens, a prefix all examples share stored
+    once with `share_prefix`, and the layout attention needs to keep examples apart.
+    Either way `target_at` indexes the flattened hidden states that predict a trained token.
+    """
+    if packed:
+        return _packed(batch, device, share_prefix)
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    target_at, targets = [], []
     for row, e in enumerate(batch):
         n = len(e.input_ids)
         ids[row, :n] = torch.tensor(e.input_ids)
         attention[row, :n] = 1
-        loss_mask[row, :n] = torch.tensor(e.loss_mask, dtype=torch.bool)
-    return {"input_ids": ids.to(device), "attention_mask": attention.to(device), "loss_mask": loss_mask.to(device)}
+        for i in range(n - 1):
+            if e.loss_mask[i + 1]:
+                target_at.append(row * width + i)
+                targets.append(e.input_ids[i + 1])
+    return {"input_ids": ids.to(device), "attention_mask": attention.to(device),
+            "target_at": torch.tensor(target_at, device=device), "targets": torch.tensor(targets, device=device)}
 
 
-class TokenLoss(nn.Module):
-    """Summed cross-entropy over trained tokens, and how many there were.
+def _packed(batch: list[Example], device, share_prefix: bool) -> dict:
+    prefix = shared_prefix_length([e.input_ids for e in batch], [e.loss_mask for e in batch]) if share_prefix else 0
+    width = max(len(e.input_ids) for e in batch)
+    tokens, positions = list(batch[0].input_ids[:prefix]), list(range(prefix))
+    gather, scatter = [], list(range(prefix))  # the prefix is produced by row 0
+    target_at, targets = [], []
+    for row, e in enumerate(batch):
+        n, start = len(e.input_ids), len(tokens)  # start: packed position of this example's token `prefix`
+        tokens += e.input_ids[prefix:]
+        positions += range(prefix, n)
+        # Padding slots read packed position 0: causal attention shows them only to padding queries.
+        gather += list(range(prefix)) + list(range(start, start + n - prefix)) + [0] * (width - n)
+        scatter += range(row * width + prefix, row * width + n)
+        for i in range(prefix, n - 1):  # the prefix carries no targets (shared_prefix_length)
+            if e.loss_mask[i + 1]:
+                target_at.append(start + i - prefix)
+                targets.append(e.input_ids[i + 1])
+    as_tensor = functools.partial(torch.tensor, device=device)
+    layout = PackedLayout(len(batch), width, as_tensor(gather), as_tensor(scatter))
+    return {"input_ids": as_tensor([tokens]), "position_ids": as_tensor([positions]), "layout": layout,
+            "target_at": as_tensor(target_at), "targets": as_tensor(targets)}
 
-    The output layer (a 49k vocabulary is ~1/5 of a small model's FLOPs) runs only at positions
-    whose next token carries loss. Wrapping the model in one module keeps DDP/FSDP hooks intact.
-    """
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.decoder = base.get_decoder()
-        self.lm_head = base.get_output_embeddings()
-
-    def forward(self, input_ids, attention_mask, loss_mask):
-        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        targets_at = loss_mask[:, 1:]  # position t predicts token t+1
-        h = hidden[:, :-1][targets_at]  # (N, H)
-        logits = self.lm_head(h).float()  # (N, V)
-        loss_sum = F.cross_entropy(logits, input_ids[:, 1:][targets_at], reduction="sum")
-        return loss_sum, targets_at.sum()
+def shared_prefix_length(input_ids: list[list[int]], loss_masks: list[list[int]]) -> int:
+    """Tokens at the start of every row that can be computed once for the whole micro-batch: the
+    prefix must carry no targets (hidden state t predicts token t+1, so tokens 1..P untrained) and
+    leave every row at least one token of its own."""
+    if len(input_ids) < 2:
+        return 0
+    first, limit = input_ids[0], min(len(r) for r in input_ids) - 1
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in input_ids):
+        n += 1
+    for mask in loss_masks:
+        trained = next((i for i, m in enumerate(mask) if m), len(mask))
+        n = min(n, trained - 1)
+    return max(n, 0)

@@ -21,7 +21,9 @@ from ..models import load_tokenizer, resolve_model
 from ..registry import recorder as registry
 from . import checkpoint as ckpt
 from ..data.render import stop_token_ids
-from .batches import TokenLoss, collate, step_groups, steps_per_epoch
+from .batches import collate, step_groups, steps_per_epoch
+from . import attention
+from .loss import TokenLoss
 from .generate_eval import generation_score
 from .run_dir import (Metrics, data_record, default_run_dir, now, read_metrics, read_run, write_config,
                       write_json_atomic, write_model_card, RUN_FILE)
@@ -104,6 +106,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                                  enabled=dtype == torch.bfloat16)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, base)
+    packed = attention.installed(model)
     trainable, total = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
@@ -154,12 +157,12 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                 group_tokens = sum(sum(e.loss_mask[1:]) for mb in micro_batches for e in mb)
                 step_loss, step_tokens = 0.0, 0
                 for mb in micro_batches:
-                    batch = collate(mb, pad_id, accelerator.device)
+                    batch = collate(mb, pad_id, accelerator.device, packed, cfg.share_prefix)
                     with autocast():
                         loss_sum, _ = loss_fn(**batch)
                     accelerator.backward(loss_sum / group_tokens)
                     step_loss += loss_sum.item()
-                    step_tokens += int(batch["attention_mask"].sum())
+                    step_tokens += sum(len(e.input_ids) for e in mb)
                 grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 lr_now = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -175,7 +178,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                        "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
                 last = step == total_steps
                 if val_set and (step % eval_every == 0 or last):
-                    row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, pad_id, accelerator, autocast)
+                    row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, pad_id, accelerator, autocast, packed, cfg.share_prefix)
                     model.train()
                 if metric_key and val_set and (step % cfg.eval_generate_every == 0 or last):
                     row[metric_key] = generation_score(
@@ -253,7 +256,7 @@ def _check_eval_metric(cfg: TrainConfig) -> str | None:
     return f"eval_{cfg.eval_metric}"
 
 
-def evaluate(loss_fn, examples, batch_size, pad_id, accelerator, autocast) -> float:
+def evaluate(loss_fn, examples, batch_size, pad_id, accelerator, autocast, packed=False, share_prefix=False) -> float:
     """Mean loss per trained token over the validation set."""
     import torch
 
@@ -262,7 +265,7 @@ def evaluate(loss_fn, examples, batch_size, pad_id, accelerator, autocast) -> fl
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
     with torch.no_grad():
         for i in range(0, len(ordered), batch_size):
-            batch = collate(ordered[i: i + batch_size], pad_id, accelerator.device)
+            batch = collate(ordered[i: i + batch_size], pad_id, accelerator.device, packed, share_prefix)
             with autocast():
                 loss_sum, n = loss_fn(**batch)
             total += loss_sum.item()
@@ -302,11 +305,7 @@ def load_data(cfg: TrainConfig, tokenizer):
 def export(model, tokenizer, run_dir: Path, method: str) -> None:
     """Write adapter/ (PEFT format, no embedding copies) or model/ (full weights), atomically."""
     from ..home import atomic_dir
-    from .kernels import ATTN_FP32
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base.config._attn_implementation == ATTN_FP32:
-        base.set_attn_implementation("sdpa")  # our training-only kernel must not leak into the saved config
+    attention.uninstall(model)
     with atomic_dir(run_dir / ("model" if method == "full" else "adapter")) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -64,10 +64,10 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
     if cfg.method != "qlora":
         model.to(device)
     model.config.use_cache = False
-    if device == "cpu" and dtype == torch.bfloat16:
-        from .kernels import use_fp32_attention
+    from . import attention
 
-        use_fp32_attention(model)
+    if attention.packing_supported(model.config, cfg.max_length):
+        attention.install(model)  # padding-free micro-batches, a shared prefix computed once
     if cfg.method == "full":
         model.requires_grad_(True)
         return model
