@@ -122,3 +122,21 @@ def test_packed_batches_match_padded_ones(tiny_model, tmp_path, arch, precision)
     assert loss == pytest.approx(pad_loss, rel=1e-2)
     worst = max(((grads[k] - pad_grads[k]).norm() / pad_grads[k].norm()).item() for k in grads)
     assert worst < 0.05
+
+
+def test_training_attention_keeps_padding_masks_for_generation(tiny_model):
+    """While training, generation (the in-training metric) runs left-padded batches through the
+    same attention: padding must stay masked, so a batch answers as each prompt alone does."""
+    from transformers import AutoModelForCausalLM
+
+    from tunery.generation import generate_batch
+    from tunery.models import load_tokenizer
+    from tunery.training import attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    attention.install(model)
+    tok = load_tokenizer(str(tiny_model))
+    prompts = [[1, 30, 31, 32, 33, 34, 35, 36, 37, 38], [1, 40, 41]]
+    alone = [generate_batch(model, tok, [p], [2], max_new_tokens=6)[0].text for p in prompts]
+    together = [g.text for g in generate_batch(model, tok, prompts, [2], max_new_tokens=6)]
+    assert together == alone
