@@ -140,3 +140,29 @@ def test_training_attention_keeps_padding_masks_for_generation(tiny_model):
     alone = [generate_batch(model, tok, [p], [2], max_new_tokens=6)[0].text for p in prompts]
     together = [g.text for g in generate_batch(model, tok, prompts, [2], max_new_tokens=6)]
     assert together == alone
+
+
+@pytest.mark.parametrize("head_trained", [False, True])
+def test_fused_output_layer_loss_matches_plain_cross_entropy(monkeypatch, head_trained):
+    """The chunked, fused output layer + cross-entropy gives the plain loss and gradients (for
+    the hidden states and, when trained, the output weights), across several chunks."""
+    from tunery.training import loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "CHUNK", 7)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    head.weight.requires_grad_(head_trained)
+    h = torch.randn(20, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (20,))
+    plain = torch.nn.functional.cross_entropy(head(h), targets, reduction="sum")
+    plain.backward(torch.tensor(0.5))
+    ref_h, ref_w = h.grad.clone(), head.weight.grad.clone() if head_trained else None
+    h.grad, head.weight.grad = None, None
+    fused = loss_mod.linear_cross_entropy(h, head, targets)
+    fused.backward(torch.tensor(0.5))
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
+    torch.testing.assert_close(h.grad, ref_h)
+    if head_trained:
+        torch.testing.assert_close(head.weight.grad, ref_w)
+    with torch.no_grad():  # evaluation: no gradient work
+        assert loss_mod.linear_cross_entropy(h, head, targets).item() == pytest.approx(plain.item(), rel=1e-5)

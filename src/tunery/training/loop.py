@@ -18,6 +18,7 @@ from pathlib import Path
 from ..config import AUTO_LR, TrainConfig, suggest_epochs
 from ..errors import ConfigError, TuneryError
 from ..models import load_tokenizer, resolve_model
+from ..models.hardware import keep_freed_memory
 from ..registry import recorder as registry
 from . import checkpoint as ckpt
 from ..data.render import stop_token_ids
@@ -99,6 +100,8 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
     from accelerate import Accelerator
 
     device, dtype = device_and_dtype(cfg)
+    if device == "cpu":
+        keep_freed_memory()
     # Mixed precision by plain torch.autocast: accelerate's is process-global and would pin every
     # later run in this process (tests, the jobs worker) to the first run's precision.
     accelerator = Accelerator(cpu=device == "cpu")

@@ -1,11 +1,16 @@
 """The loss on trained tokens only.
 
 The output layer (a 49k vocabulary is ~1/5 of a small model's FLOPs) and the cross-entropy run
-only at positions whose next token carries loss; `collate` says which (`target_at`).
+only at positions whose next token carries loss; `collate` says which (`target_at`). They run
+fused and in chunks: the gradient is computed during the forward pass (softmax minus one-hot),
+so the (tokens x vocabulary) logits are never kept for backward, and memory stays bounded by
+the chunk however many tokens a batch trains.
 """
 
+import torch
 from torch import nn
-from torch.nn import functional as F
+
+CHUNK = 2048  # rows of logits at a time: 2048 x 49k fp32 = 400 MB at most
 
 
 class TokenLoss(nn.Module):
@@ -26,5 +31,49 @@ class TokenLoss(nn.Module):
         hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               **extra).last_hidden_state  # (rows, T, H)
         h = hidden.flatten(0, 1)[target_at]  # (N, H)
-        logits = self.lm_head(h).float()  # (N, V)
-        return F.cross_entropy(logits, targets, reduction="sum"), targets.numel()
+        return linear_cross_entropy(h, self.lm_head, targets), targets.numel()
+
+
+def linear_cross_entropy(h, lm_head: nn.Linear, targets):
+    """sum(cross_entropy(lm_head(h), targets)), computed in chunks with its gradient."""
+    if lm_head.bias is not None or not isinstance(lm_head, nn.Linear):  # rare heads: the plain way
+        return nn.functional.cross_entropy(lm_head(h).float(), targets, reduction="sum")
+    device = h.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
+    return _LinearCrossEntropy.apply(h, lm_head.weight, targets, dtype)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, dtype):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        w = weight.to(dtype)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, h.shape[0], CHUNK):
+            hc, tc = h[start: start + CHUNK].to(dtype), targets[start: start + CHUNK]
+            logits = (hc @ w.T).float()  # (n, V)
+            rows = torch.arange(len(tc), device=h.device)
+            picked = logits[rows, tc]
+            top = logits.amax(dim=1, keepdim=True)
+            probs = logits.sub_(top).exp_()  # in place: the logits are not needed again
+            norm = probs.sum(dim=1, keepdim=True)
+            total += (top.squeeze(1) + norm.log().squeeze(1) - picked).sum()
+            if need_h or need_w:
+                grad = probs.div_(norm)  # softmax ...
+                grad[rows, tc] -= 1  # ... minus one-hot: d loss / d logits
+                grad = grad.to(dtype)
+                if need_h:
+                    grad_h[start: start + CHUNK] = grad @ w
+                if need_w:
+                    grad_w += (grad.T @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out if grad_h is not None else None,
+                (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None, None, None)
