@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SIDES = ("tunery", "trl_tuned", "trl_default")
+SIDES = ("tunery", "tunery_unshared", "trl_tuned", "trl_default")
 
 
 def prepare(args, folder: Path) -> dict:
@@ -103,8 +103,8 @@ def worker(side: str, folder: Path, args) -> dict:
     meta = json.loads((folder / "meta.json").read_text())
     train_rows, val_rows = load_rows(folder / "train.jsonl"), load_rows(folder / "val.jsonl")
     n_tokens = [len(e.input_ids) for e in train_rows]
-    if side == "tunery":
-        out = _tunery(meta, folder, args, train_rows, val_rows)
+    if side.startswith("tunery"):
+        out = _tunery(meta, folder, args, train_rows, val_rows, share_prefix=side == "tunery")
     else:
         out = _trl(side, meta, folder, args, train_rows, val_rows)
     # Steady state: the first step pays one-off costs (allocation, lazy init) on both sides.
@@ -117,7 +117,7 @@ def worker(side: str, folder: Path, args) -> dict:
     return out
 
 
-def _tunery(meta, folder, args, train_rows, val_rows) -> dict:
+def _tunery(meta, folder, args, train_rows, val_rows, share_prefix: bool) -> dict:
     """The real `tunery.train` loop, fed the prepared rows (same order as the TRL side)."""
     from tunery.config import TrainConfig
     from tunery.training import loop
@@ -125,7 +125,7 @@ def _tunery(meta, folder, args, train_rows, val_rows) -> dict:
     cfg = TrainConfig(model=meta["model"], data="(prepared)", out=str(folder / "run-tunery"), method="lora",
                       precision=meta["precision"],
                       max_steps=args.steps, batch_size=args.batch_size, lr=2e-4, warmup=0, val_split=0,
-                      eval_every=None, save_every=None, max_length=args.max_length)
+                      eval_every=None, save_every=None, max_length=args.max_length, share_prefix=share_prefix)
     loop.load_data = lambda cfg, tok: (train_rows, [], {"data": {"file": "(prepared)", "sha256": "-", "examples": len(
         train_rows), "used": len(train_rows), "format": "prepared"}})
     # The prepared rows are already in step order: make epoch 0's order the identity.
@@ -286,6 +286,9 @@ def summarise(results: dict, meta: dict, args, gflops: float) -> dict:
         out["tunery_tokens_per_s"] = round(t["tokens_per_s"], 1)
         # LoRA: about 4N FLOPs per trained token (forward 2N, backward through activations 2N).
         out["tunery_matmul_utilisation"] = round(4 * n_params * t["tokens_per_s"] / (gflops[meta["precision"]] * 1e9), 3)
+    if t and "tunery_unshared" in med:
+        # the same packed batches without computing a shared prefix once: what packing alone gives
+        out["tunery_unshared_tokens_per_s"] = round(med["tunery_unshared"]["tokens_per_s"], 1)
     for side, name in (("trl_tuned", "trl"), ("trl_default", "trl_default")):
         if t and side in med:
             o = med[side]
