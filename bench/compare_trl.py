@@ -104,7 +104,7 @@ def worker(side: str, folder: Path, args) -> dict:
     train_rows, val_rows = load_rows(folder / "train.jsonl"), load_rows(folder / "val.jsonl")
     n_tokens = [len(e.input_ids) for e in train_rows]
     if side.startswith("tunery"):
-        out = _tunery(meta, folder, args, train_rows, val_rows, share_prefix=side == "tunery")
+        out = _tunery(side, meta, folder, args, train_rows, val_rows)
     else:
         out = _trl(side, meta, folder, args, train_rows, val_rows)
     # Steady state: the first step pays one-off costs (allocation, lazy init) on both sides.
@@ -117,15 +117,15 @@ def worker(side: str, folder: Path, args) -> dict:
     return out
 
 
-def _tunery(meta, folder, args, train_rows, val_rows, share_prefix: bool) -> dict:
+def _tunery(side, meta, folder, args, train_rows, val_rows) -> dict:
     """The real `tunery.train` loop, fed the prepared rows (same order as the TRL side)."""
     from tunery.config import TrainConfig
     from tunery.training import loop
 
-    cfg = TrainConfig(model=meta["model"], data="(prepared)", out=str(folder / "run-tunery"), method="lora",
+    cfg = TrainConfig(model=meta["model"], data="(prepared)", out=str(folder / f"run-{side}"), method="lora",
                       precision=meta["precision"],
                       max_steps=args.steps, batch_size=args.batch_size, lr=2e-4, warmup=0, val_split=0,
-                      eval_every=None, save_every=None, max_length=args.max_length, share_prefix=share_prefix)
+                      eval_every=None, save_every=None, max_length=args.max_length, share_prefix=side == "tunery")
     loop.load_data = lambda cfg, tok: (train_rows, [], {"data": {"file": "(prepared)", "sha256": "-", "examples": len(
         train_rows), "used": len(train_rows), "format": "prepared"}})
     # The prepared rows are already in step order: make epoch 0's order the identity.

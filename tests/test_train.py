@@ -69,10 +69,10 @@ def test_grad_accum_matches_bigger_batch(tiny_model, toy_data, tmp_path):
     wa = load_file(a.dir / "model" / "model.safetensors")
     wb = load_file(b.dir / "model" / "model.safetensors")
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=2e-5)
     # A different effective batch (9) really is a different update: the check above can fail.
     wc = load_file(c.dir / "model" / "model.safetensors")
-    assert any(not torch.allclose(wa[k], wc[k], atol=1e-6) for k in wa)
+    assert any(not torch.allclose(wa[k], wc[k], atol=1e-4) for k in wa)
 
 
 def _train_cmd(tiny_model, data, out, *extra):
@@ -282,3 +282,24 @@ def test_custom_template_ships_with_the_weights(tiny_model, toy_data, tmp_path):
 
     gen = Generator(str(run.dir))
     assert gen.tokenizer.decode(gen.prompt_ids([{"role": "user", "content": "hi"}])) == "### user: hi<|im_end|>\n### assistant: "
+
+
+def test_cpu_bf16_lora_casts_the_frozen_base_once(tiny_model, toy_data, tmp_path, monkeypatch):
+    """Under CPU bf16 autocast the frozen linear weights are stored in bf16 (autocast would cast
+    them every pass); everything else stays fp32, and evaluation and generation still run."""
+    from tunery.models import hardware, resolve_model
+    from tunery.training.setup import build_model
+
+    monkeypatch.setenv("TUNERY_CPU_BF16", "1")
+    hardware.cpu_bf16_is_fast.cache_clear()
+    try:
+        model = build_model(cfg(tiny_model, toy_data, tmp_path / "x", precision="bf16"), resolve_model(str(tiny_model)))
+        dtypes = {n: p.dtype for n, p in model.named_parameters()}
+        assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == torch.bfloat16
+        assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "norm" in n or "embed" in n)
+        run = train(cfg(tiny_model, toy_data, tmp_path / "r", precision="bf16", max_steps=4, eval_every=2,
+                        eval_generate_every=2, eval_metric="exact", eval_samples=2), progress=False)
+        assert run.config["precision"] == "bf16" and "eval_exact" in run.metrics[-1]
+        assert run.metrics[-1]["val_loss"] < run.metrics[1]["val_loss"] * 1.5
+    finally:
+        hardware.cpu_bf16_is_fast.cache_clear()

@@ -184,9 +184,11 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                     row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, pad_id, accelerator, autocast, packed, cfg.share_prefix)
                     model.train()
                 if metric_key and val_set and (step % cfg.eval_generate_every == 0 or last):
-                    row[metric_key] = generation_score(
-                        model, tokenizer, val_set[: cfg.eval_samples], cfg.eval_metric, stop_ids,
-                        max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.batch_size, device=accelerator.device)
+                    with autocast():  # the frozen base may be stored in bf16 (setup.py)
+                        row[metric_key] = generation_score(
+                            model, tokenizer, val_set[: cfg.eval_samples], cfg.eval_metric, stop_ids,
+                            max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.batch_size,
+                            device=accelerator.device)
                 # Lower is better: validation loss, or the negated generation metric.
                 score = row.get("val_loss") if cfg.best_by == "val_loss" else (
                     -row[metric_key] if metric_key in row else None)

@@ -84,7 +84,23 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
         model = get_peft_model(model, lora)
     except ValueError as exc:
         raise ConfigError(f"target_modules: {exc}") from None
+    if device == "cpu" and dtype == torch.bfloat16 and cfg.method == "lora":
+        _store_frozen_linears_in_bf16(model)
     return model  # peft keeps adapter weights in fp32 over a bf16 base (autocast_adapter_dtype)
+
+
+def _store_frozen_linears_in_bf16(model) -> None:
+    """Under bf16 autocast every matmul casts its fp32 weight to bf16, each forward pass (measured:
+    8% of a CPU step). The frozen base weights under LoRA adapters are cast once instead, which is
+    the same arithmetic; norms, embeddings and the residual stream stay fp32. (DoRA is excluded:
+    it computes weight norms from the stored base weight.)"""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(module, LoraLayer) and isinstance(base, torch.nn.Linear) and not base.weight.requires_grad:
+            base.weight.data = base.weight.data.to(torch.bfloat16)
 
 
 def count_parameters(model) -> tuple[int, int]:
