@@ -164,7 +164,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                     with autocast():
                         loss_sum, _ = loss_fn(**batch)
                     accelerator.backward(loss_sum / group_tokens)
-                    step_loss += loss_sum.item()
+                    step_loss += loss_sum.detach()  # read once per step: no device sync per micro-batch
                     step_tokens += sum(len(e.input_ids) for e in mb)
                 grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 lr_now = scheduler.get_last_lr()[0]
@@ -175,7 +175,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                 state["step"] = step
                 state["trained_tokens"] += group_tokens
                 state["tokens"] += step_tokens
-                row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": step_loss / group_tokens,
+                row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": float(step_loss) / group_tokens,
                        "lr": lr_now, "grad_norm": float(grad_norm), "tokens": state["tokens"],
                        "trained_tokens": state["trained_tokens"],
                        "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
