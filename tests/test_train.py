@@ -96,6 +96,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model, toy_data, tmp_pat
     proc.wait()
     assert complete_checkpoints(killed), "the run was killed before its first checkpoint"
     assert not (killed / "adapter").exists(), "the run finished before it could be killed"
+    listed = subprocess.run([TUNERY, "models", "list", "--json"], env=env, capture_output=True, text=True)
+    status = {m["run_dir"]: m["status"] for m in json.loads(listed.stdout)}
+    assert status[str(killed.resolve())] == "interrupted" and status[str(full.resolve())] == "completed"
 
     out = subprocess.run([TUNERY, "train", "--out", str(killed), "--resume"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -110,6 +113,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model, toy_data, tmp_pat
     ma = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in mb] == list(range(1, 121))
+    listed = subprocess.run([TUNERY, "models", "list", "--json"], env=env, capture_output=True, text=True)
+    assert {m["status"] for m in json.loads(listed.stdout)} == {"completed"}
     for ra, rb in zip(ma, mb):
         for key in ("loss", "lr", "grad_norm", "val_loss", "trained_tokens"):
             assert (key in ra) == (key in rb)

@@ -103,6 +103,10 @@ def _row(r: sqlite3.Row | None) -> dict | None:
     for k in JSON_COLUMNS:
         d[k] = json.loads(d[k]) if d.get(k) else None
     d["short_id"] = d["id"][:8]
+    if d["status"] == "running" and not pid_alive(d.get("pid")):
+        # killed outright (SIGKILL, power loss): the process could not record its end
+        d["status"] = "interrupted"
+        d["error"] = d.get("error") or f"the training process (pid {d.get('pid')}) ended without recording an outcome"
     d["files"] = files_state(d)
     return d
 
