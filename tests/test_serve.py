@@ -175,3 +175,19 @@ def test_port_in_use_is_a_one_line_error(tmp_path):
         out = subprocess.run([TUNERY, "serve", "--port", str(port), "--no-jobs"], capture_output=True, text=True,
                              timeout=30, env=os.environ | {"TUNERY_HOME": str(tmp_path)})
     assert out.returncode == 2 and "cannot listen" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_incremental_text_matches_decoding_everything(tiny_model):
+    """Streaming decodes only new tokens; the text must be what decoding all of them gives, at
+    every step where no character is cut in half (accents and emoji span several byte tokens)."""
+    from tunery.generation import IncrementalText
+    from tunery.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    ids = tok.encode("Café au lait 🙂 -> {\"name\": \"Zoë\"}  done.", add_special_tokens=False)
+    inc = IncrementalText(tok)
+    for i in range(0, len(ids), 2):
+        text = inc.add(ids[i: i + 2])
+        full = tok.decode(ids[: i + 2], skip_special_tokens=True)
+        assert full.startswith(text) and (text == full or full.endswith("\ufffd"))
+    assert text == tok.decode(ids, skip_special_tokens=True)

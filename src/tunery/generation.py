@@ -1,5 +1,6 @@
 """Batched generation through the model's chat template, the same template training used."""
 
+import functools
 from dataclasses import dataclass
 
 from .data.render import stop_token_ids
@@ -90,3 +91,22 @@ def generate(model: str, prompt: str, *, system: str | None = None, max_new_toke
     """One answer to one prompt (the Python API behind `tunery generate`)."""
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return Generator(model).chat([messages], max_new_tokens=max_new_tokens, **kw)[0].text
+
+
+class IncrementalText:
+    """Text of a growing token sequence, decoding only the new tokens (with the previous piece as
+    context, since a token's text can depend on its neighbours). Decoding everything at each
+    token grows with the square of the answer's length."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.text = tokenizer, [], ""
+        self.context = self.read = 0  # ids[context:read]: the piece decoded last, as context
+
+    def add(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
+        before, after = decode(self.ids[self.context: self.read]), decode(self.ids[self.context:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):  # not inside a multi-byte character
+            self.text += after[len(before):]
+            self.context, self.read = self.read, len(self.ids)
+        return self.text

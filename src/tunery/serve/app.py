@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from ..errors import TuneryError
+from ..generation import IncrementalText
 from . import errors
 from .engine import ChatRequest, Engine
 from .errors import APIError
@@ -134,8 +135,6 @@ def _model_card(model_id: str) -> dict:
 
 async def _stream(engine: Engine, req: ChatRequest, cid: str, created: int, include_usage: bool):
     """Server-sent events in the chat.completion.chunk shape, text deltas decoded incrementally."""
-    tokenizer = None
-
     def chunk(delta: dict, finish=None, usage=None) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
@@ -144,17 +143,16 @@ async def _stream(engine: Engine, req: ChatRequest, cid: str, created: int, incl
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    ids: list[int] = []
+    decoded = None
     sent = ""
     hold = max((len(s) for s in req.stop or []), default=0)  # text that could still become a stop string
     while True:
         item = await asyncio.to_thread(req.stream.get)
         if item is None:
             break
-        ids.extend(item)
-        if tokenizer is None:
-            tokenizer = engine.tokenizer_for(req.model)
-        text = tokenizer.decode([t for t in ids], skip_special_tokens=True)
+        if decoded is None:
+            decoded = IncrementalText(engine.tokenizer_for(req.model))
+        text = decoded.add(item)
         visible = text[: len(text) - hold] if hold else text
         if len(visible) > len(sent) and not visible.endswith("\ufffd"):
             yield chunk({"content": visible[len(sent):]})
