@@ -166,3 +166,31 @@ def test_fused_output_layer_loss_matches_plain_cross_entropy(monkeypatch, head_t
         torch.testing.assert_close(head.weight.grad, ref_w)
     with torch.no_grad():  # evaluation: no gradient work
         assert loss_mod.linear_cross_entropy(h, head, targets).item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_heads_that_scale_logits_and_batches_without_targets(tmp_path):
+    """Granite divides its logits by `logits_scaling`: the training loss must be the model's own.
+    A micro-batch whose examples train nothing gives a zero loss, not an error."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    from tunery.data import Example
+    from tunery.training import attention
+    from tunery.training.batches import collate
+    from tunery.training.loss import TokenLoss
+
+    torch.manual_seed(0)
+    model = GraniteForCausalLM(GraniteConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, logits_scaling=8.0, pad_token_id=None, tie_word_embeddings=True))
+    attention.install(model)
+    ex = Example(0, [1, 5, 6, 7, 8, 9, 2], [0, 0, 0, 1, 1, 1, 1])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(ex.input_ids, ex.loss_mask)]])
+    with torch.no_grad():
+        own = model(input_ids=torch.tensor([ex.input_ids]), labels=labels).loss.item()
+        for packed in (False, True):
+            loss_sum, n = TokenLoss(model)(**collate([ex, ex], 0, "cpu", packed=packed, share_prefix=True))
+            assert loss_sum.item() / n == pytest.approx(own, rel=1e-5)
+    untrained = Example(1, [1, 5, 6], [0, 0, 0])
+    for packed in (False, True):
+        loss_sum, n = TokenLoss(model)(**collate([untrained], 0, "cpu", packed=packed))
+        assert n == 0 and loss_sum.item() == 0.0

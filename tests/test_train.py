@@ -302,6 +302,10 @@ def test_cpu_bf16_lora_casts_the_frozen_base_once(tiny_model, toy_data, tmp_path
         dtypes = {n: p.dtype for n, p in model.named_parameters()}
         assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == torch.bfloat16
         assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "norm" in n or "embed" in n)
+        # an adapter on the tied output layer must not turn the shared input embedding into bf16
+        tied = build_model(cfg(tiny_model, toy_data, tmp_path / "t", precision="bf16",
+                               target_modules=["q_proj", "lm_head"]), resolve_model(str(tiny_model)))
+        assert tied.get_input_embeddings().weight.dtype == torch.float32
         run = train(cfg(tiny_model, toy_data, tmp_path / "r", precision="bf16", max_steps=4, eval_every=2,
                         eval_generate_every=2, eval_metric="exact", eval_samples=2), progress=False)
         assert run.config["precision"] == "bf16" and "eval_exact" in run.metrics[-1]

@@ -9,6 +9,7 @@ the rows that read them, so the math is that of running each example on its own.
 """
 
 import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import torch
@@ -79,13 +80,33 @@ def packing_supported(config, max_length: int) -> bool:
 PACKED_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "granite", "phi3"}
 
 
+_packing = contextvars.ContextVar("tunery_packing", default=False)
+
+
+@contextlib.contextmanager
+def packing():
+    """While set, the model builds no attention mask: `packed_sdpa` keeps examples apart itself,
+    and transformers would otherwise build (and discard) a (L, L) mask from the packed positions."""
+    token = _packing.set(True)
+    try:
+        yield
+    finally:
+        _packing.reset(token)
+
+
+def _mask(*args, **kwargs):
+    from transformers.masking_utils import sdpa_mask
+
+    return None if _packing.get() else sdpa_mask(*args, **kwargs)
+
+
 def install(model) -> None:
     """Make the model's attention `packed_sdpa` (padded batches keep plain SDPA behaviour)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     AttentionInterface.register(NAME, packed_sdpa)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # padding masks for evaluation and generation
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _mask)  # padding masks for evaluation and generation
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(NAME)
 

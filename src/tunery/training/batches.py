@@ -74,7 +74,8 @@ def collate(batch: list[Example], pad_id: int, device, packed: bool = False, sha
                 target_at.append(row * width + i)
                 targets.append(e.input_ids[i + 1])
     return {"input_ids": ids.to(device), "attention_mask": attention.to(device),
-            "target_at": torch.tensor(target_at, device=device), "targets": torch.tensor(targets, device=device)}
+            "target_at": torch.tensor(target_at, dtype=torch.long, device=device),
+            "targets": torch.tensor(targets, dtype=torch.long, device=device)}
 
 
 def _packed(batch: list[Example], device, share_prefix: bool) -> dict:
@@ -94,7 +95,7 @@ def _packed(batch: list[Example], device, share_prefix: bool) -> dict:
             if e.loss_mask[i + 1]:
                 target_at.append(start + i - prefix)
                 targets.append(e.input_ids[i + 1])
-    as_tensor = functools.partial(torch.tensor, device=device)
+    as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
     layout = PackedLayout(len(batch), width, as_tensor(gather), as_tensor(scatter))
     return {"input_ids": as_tensor([tokens]), "position_ids": as_tensor([positions]), "layout": layout,
             "target_at": as_tensor(target_at), "targets": as_tensor(targets)}

@@ -7,6 +7,8 @@ so the (tokens x vocabulary) logits are never kept for backward, and memory stay
 the chunk however many tokens a batch trains.
 """
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -26,11 +28,24 @@ class TokenLoss(nn.Module):
         self.decoder = base.get_decoder()
         self.lm_head = base.get_output_embeddings()
 
+        # Heads that transform their logits (Granite's scaling, Gemma's soft-capping) take the plain way.
+        config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+        self.logits_scaling = getattr(config, "logits_scaling", None) or 1.0
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+
     def forward(self, input_ids, target_at, targets, attention_mask=None, position_ids=None, layout=None):
+        from . import attention
+
         extra = {"tunery_layout": layout} if layout is not None else {}
-        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              **extra).last_hidden_state  # (rows, T, H)
+        with attention.packing() if layout is not None else contextlib.nullcontext():
+            hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  **extra).last_hidden_state  # (rows, T, H)
         h = hidden.flatten(0, 1)[target_at]  # (N, H)
+        if self.logits_scaling != 1.0 or self.softcap:
+            logits = self.lm_head(h).float() / self.logits_scaling
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            return nn.functional.cross_entropy(logits, targets, reduction="sum"), targets.numel()
         return linear_cross_entropy(h, self.lm_head, targets), targets.numel()
 
 
@@ -38,9 +53,12 @@ def linear_cross_entropy(h, lm_head: nn.Linear, targets):
     """sum(cross_entropy(lm_head(h), targets)), computed in chunks with its gradient."""
     if lm_head.bias is not None or not isinstance(lm_head, nn.Linear):  # rare heads: the plain way
         return nn.functional.cross_entropy(lm_head(h).float(), targets, reduction="sum")
+    weight = lm_head.weight
+    if not torch.is_grad_enabled():  # evaluation: no gradient work (a trained head still requires grad)
+        h, weight = h.detach(), weight.detach()
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
-    return _LinearCrossEntropy.apply(h, lm_head.weight, targets, dtype)
+    return _LinearCrossEntropy.apply(h, weight, targets, dtype)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

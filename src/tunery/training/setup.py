@@ -97,9 +97,11 @@ def _store_frozen_linears_in_bf16(model) -> None:
     import torch
     from peft.tuners.lora import LoraLayer
 
+    embedding = model.get_input_embeddings().weight  # a tied output layer shares it: it stays fp32
     for module in model.modules():
         base = getattr(module, "base_layer", None)
-        if isinstance(module, LoraLayer) and isinstance(base, torch.nn.Linear) and not base.weight.requires_grad:
+        if isinstance(module, LoraLayer) and isinstance(base, torch.nn.Linear) and not base.weight.requires_grad \
+                and base.weight is not embedding:
             base.weight.data = base.weight.data.to(torch.bfloat16)
 
 
