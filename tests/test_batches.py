@@ -194,3 +194,32 @@ def test_heads_that_scale_logits_and_batches_without_targets(tmp_path):
     for packed in (False, True):
         loss_sum, n = TokenLoss(model)(**collate([untrained], 0, "cpu", packed=packed))
         assert n == 0 and loss_sum.item() == 0.0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model):
+    """Recomputing activations in backward (less memory) changes no number, packed batches included."""
+    from tunery.config import TrainConfig
+    from tunery.data import Example
+    from tunery.models import resolve_model
+    from tunery.training.batches import collate
+    from tunery.training.loss import TokenLoss
+    from tunery.training.setup import build_model
+
+    batch = [Example(0, [1, 30, 31, 32, 40, 41, 2], [0, 0, 0, 0, 1, 1, 1]),
+             Example(1, [1, 30, 31, 32, 50, 2], [0, 0, 0, 0, 1, 1])]
+    grads = []
+    for checkpointing in (False, True):
+        cfg = TrainConfig(model=str(tiny_model), data="-", method="lora", precision="fp32",
+                          gradient_checkpointing=checkpointing)
+        torch.manual_seed(0)
+        model = build_model(cfg, resolve_model(str(tiny_model)))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(len(name)))
+        model.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        loss_sum, _ = TokenLoss(model)(**collate(batch, 2, "cpu", packed=True, share_prefix=True))
+        loss_sum.backward()
+        grads.append({k: p.grad for k, p in model.named_parameters() if p.requires_grad})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k])

@@ -58,6 +58,7 @@ class TrainConfig(DataConfig):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
     group_by_length: bool = Field(True, description="Put examples of similar length in the same step (less padding)")
     share_prefix: bool = Field(True, description="Run a prefix all examples of a micro-batch share (a system prompt) once; same loss")
+    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in backward: much less memory, somewhat slower")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate decay after warmup")
     warmup: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")

@@ -64,6 +64,9 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
     if cfg.method != "qlora":
         model.to(device)
     model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        # non-reentrant: works with frozen inputs (LoRA) and keyword arguments (packed layouts)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     from . import attention
 
     if attention.packing_supported(model.config, cfg.max_length):
