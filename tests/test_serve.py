@@ -191,3 +191,28 @@ def test_incremental_text_matches_decoding_everything(tiny_model):
         full = tok.decode(ids[: i + 2], skip_special_tokens=True)
         assert full.startswith(text) and (text == full or full.endswith("\ufffd"))
     assert text == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_several_choices_plain_and_streamed(server, runs):
+    """n > 1: n answers, each reproducible with a seed, also streamed (deltas tagged by index)."""
+    c = client(server)
+    kw = dict(model=str(runs["blue"]), messages=[{"role": "user", "content": "question 3"}], max_tokens=12,
+              temperature=1.0, seed=11, n=3)
+    first, again = c.chat.completions.create(**kw), c.chat.completions.create(**kw)
+    texts = [ch.message.content for ch in first.choices]
+    assert [ch.index for ch in first.choices] == [0, 1, 2] and texts == [ch.message.content for ch in again.choices]
+    # choice i is the answer to the same request with seed 11 + i; usage adds up the choices
+    alone = [c.chat.completions.create(**(kw | dict(n=1, seed=11 + i))) for i in range(3)]
+    assert texts == [a.choices[0].message.content for a in alone]
+    assert first.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    assert first.usage.prompt_tokens == alone[0].usage.prompt_tokens
+    streamed = ["", "", ""]
+    finished = set()
+    for ev in c.chat.completions.create(**kw, stream=True):
+        for ch in ev.choices:
+            streamed[ch.index] += ch.delta.content or ""
+            if ch.finish_reason:
+                finished.add(ch.index)
+    assert streamed == texts and finished == {0, 1, 2}
+    greedy = c.chat.completions.create(**(kw | dict(temperature=0, seed=None)))
+    assert len({ch.message.content for ch in greedy.choices}) == 1

@@ -62,26 +62,29 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
     async def chat_completions(body: ChatCompletionRequest):
         eng = app.state.engine
         _resolve(eng, body.model)
-        req = ChatRequest(
+        # n choices are n requests: the engine batches those that share their settings; a seed
+        # gives choice i the seed + i, so the choices differ and each is reproducible.
+        reqs = [ChatRequest(
             model=body.model, messages=[_message(m) for m in body.messages],
             max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
-            temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-            stop=[body.stop] if isinstance(body.stop, str) else body.stop)
+            temperature=body.temperature, top_p=body.top_p, seed=None if body.seed is None else body.seed + i,
+            stop=[body.stop] if isinstance(body.stop, str) else body.stop) for i in range(body.n)]
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
-            req.stream = queue.Queue()
-            eng.submit(req)
+            for req in reqs:
+                req.stream = queue.Queue()
+                eng.submit(req)
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(eng, req, cid, created, usage), media_type="text/event-stream")
+            return StreamingResponse(_stream(eng, reqs, cid, created, usage), media_type="text/event-stream")
         try:
-            gen = await asyncio.wrap_future(eng.submit(req))
+            gens = await asyncio.gather(*(asyncio.wrap_future(eng.submit(req)) for req in reqs))
         except TuneryError as exc:
             raise APIError(400, str(exc)) from None
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": body.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                         "finish_reason": gen.finish_reason, "logprobs": None}],
-            "usage": _usage(gen.prompt_tokens, gen.completion_tokens),
+            "choices": [{"index": i, "message": {"role": "assistant", "content": gen.text},
+                         "finish_reason": gen.finish_reason, "logprobs": None} for i, gen in enumerate(gens)],
+            "usage": _usage(gens[0].prompt_tokens, sum(g.completion_tokens for g in gens)),
         }
 
     return app
@@ -133,39 +136,59 @@ def _model_card(model_id: str) -> dict:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "tunery"}
 
 
-async def _stream(engine: Engine, req: ChatRequest, cid: str, created: int, include_usage: bool):
-    """Server-sent events in the chat.completion.chunk shape, text deltas decoded incrementally."""
-    def chunk(delta: dict, finish=None, usage=None) -> str:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+async def _stream(engine: Engine, reqs: list[ChatRequest], cid: str, created: int, include_usage: bool):
+    """Server-sent events in the chat.completion.chunk shape: each choice's text deltas, decoded
+    incrementally, tagged with its index as they come."""
+    model = reqs[0].model
+
+    def chunk(index: int, delta: dict, finish=None, usage=None) -> str:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
         if usage is not None:
             body["choices"], body["usage"] = [], usage
         return f"data: {json.dumps(body)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    decoded = None
-    sent = ""
-    hold = max((len(s) for s in req.stop or []), default=0)  # text that could still become a stop string
-    while True:
-        item = await asyncio.to_thread(req.stream.get)
-        if item is None:
-            break
-        if decoded is None:
-            decoded = IncrementalText(engine.tokenizer_for(req.model))
-        text = decoded.add(item)
-        visible = text[: len(text) - hold] if hold else text
-        if len(visible) > len(sent) and not visible.endswith("\ufffd"):
-            yield chunk({"content": visible[len(sent):]})
-            sent = visible
-    try:
-        gen = req.future.result()
-    except Exception as exc:
-        yield f"data: {json.dumps(errors.error_body(str(exc), 'server_error'))}\n\n"
-        yield "data: [DONE]\n\n"
-        return
-    if len(gen.text) > len(sent) and gen.text.startswith(sent):
-        yield chunk({"content": gen.text[len(sent):]})
-    yield chunk({}, finish=gen.finish_reason)
+    events: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, req: ChatRequest):  # one choice's token ids onto the shared queue
+        while True:
+            item = await asyncio.to_thread(req.stream.get)
+            await events.put((index, item))
+            if item is None:
+                return
+
+    pumps = [asyncio.create_task(pump(i, r)) for i, r in enumerate(reqs)]
+    decoded: list[IncrementalText | None] = [None] * len(reqs)
+    sent = [""] * len(reqs)
+    hold = max((len(s) for s in reqs[0].stop or []), default=0)  # text that could still become a stop string
+    for i in range(len(reqs)):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    prompt_tokens = completion_tokens = 0
+    open_choices = len(reqs)
+    while open_choices:
+        i, item = await events.get()
+        if item is not None:
+            if decoded[i] is None:
+                decoded[i] = IncrementalText(engine.tokenizer_for(model))
+            text = decoded[i].add(item)
+            visible = text[: len(text) - hold] if hold else text
+            if len(visible) > len(sent[i]) and not visible.endswith("\ufffd"):
+                yield chunk(i, {"content": visible[len(sent[i]):]})
+                sent[i] = visible
+            continue
+        open_choices -= 1
+        try:
+            gen = reqs[i].future.result()
+        except Exception as exc:
+            for task in pumps:
+                task.cancel()
+            yield f"data: {json.dumps(errors.error_body(str(exc), 'server_error'))}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        if len(gen.text) > len(sent[i]) and gen.text.startswith(sent[i]):
+            yield chunk(i, {"content": gen.text[len(sent[i]):]})
+        yield chunk(i, {}, finish=gen.finish_reason)
+        prompt_tokens, completion_tokens = gen.prompt_tokens, completion_tokens + gen.completion_tokens
     if include_usage:
-        yield chunk({}, usage=_usage(gen.prompt_tokens, gen.completion_tokens))
+        yield chunk(0, {}, usage=_usage(prompt_tokens, completion_tokens))
     yield "data: [DONE]\n\n"
