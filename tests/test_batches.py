@@ -166,6 +166,14 @@ def test_fused_output_layer_loss_matches_plain_cross_entropy(monkeypatch, head_t
         torch.testing.assert_close(head.weight.grad, ref_w)
     with torch.no_grad():  # evaluation: no gradient work
         assert loss_mod.linear_cross_entropy(h, head, targets).item() == pytest.approx(plain.item(), rel=1e-5)
+    # under bf16 autocast a frozen head is cast once and reused, with the result of casting each time
+    cache = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = loss_mod.linear_cross_entropy(h, head, targets)
+        cached = [loss_mod.linear_cross_entropy(h, head, targets, cache) for _ in range(2)]
+    assert bool(cache) != head_trained
+    assert cached[0].item() == cached[1].item() == pytest.approx(fresh.item(), rel=1e-6)
+    assert fresh.item() == pytest.approx(plain.item(), rel=0.02)
 
 
 def test_heads_that_scale_logits_and_batches_without_targets(tmp_path):

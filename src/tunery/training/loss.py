@@ -32,6 +32,7 @@ class TokenLoss(nn.Module):
         config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
         self.logits_scaling = getattr(config, "logits_scaling", None) or 1.0
         self.softcap = getattr(config, "final_logit_softcapping", None)
+        self._frozen_cast = {}
 
     def forward(self, input_ids, target_at, targets, attention_mask=None, position_ids=None, layout=None):
         from . import attention
@@ -46,11 +47,14 @@ class TokenLoss(nn.Module):
             if self.softcap:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
             return nn.functional.cross_entropy(logits, targets, reduction="sum"), targets.numel()
-        return linear_cross_entropy(h, self.lm_head, targets), targets.numel()
+        return linear_cross_entropy(h, self.lm_head, targets, self._frozen_cast), targets.numel()
 
 
-def linear_cross_entropy(h, lm_head: nn.Linear, targets):
-    """sum(cross_entropy(lm_head(h), targets)), computed in chunks with its gradient."""
+def linear_cross_entropy(h, lm_head: nn.Linear, targets, cache: dict | None = None):
+    """sum(cross_entropy(lm_head(h), targets)), computed in chunks with its gradient.
+
+    `cache` keeps a frozen output layer's cast to the compute dtype between calls (LoRA under
+    autocast: 49k x 576 in bf16 is 17 ms per cast on 2 CPU cores, every micro-batch otherwise)."""
     if lm_head.bias is not None or not isinstance(lm_head, nn.Linear):  # rare heads: the plain way
         return nn.functional.cross_entropy(lm_head(h).float(), targets, reduction="sum")
     weight = lm_head.weight
@@ -58,6 +62,11 @@ def linear_cross_entropy(h, lm_head: nn.Linear, targets):
         h, weight = h.detach(), weight.detach()
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
+    if cache is not None and not lm_head.weight.requires_grad and weight.dtype != dtype:
+        key = (weight.data_ptr(), weight._version, dtype)
+        if cache.get("key") != key:
+            cache.update(key=key, weight=weight.to(dtype))
+        weight = cache["weight"]
     return _LinearCrossEntropy.apply(h, weight, targets, dtype)
 
 
