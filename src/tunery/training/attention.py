@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .setup import base_of
+
 NAME = "tunery_sdpa"
 
 
@@ -23,9 +25,6 @@ class PackedLayout:
     width: int  # shared prefix + the longest example's own tokens
     gather: torch.Tensor  # (rows * width,) packed position read by each padded slot
     scatter: torch.Tensor  # (packed length,) padded slot that produces each packed position
-
-    def to(self, device) -> "PackedLayout":
-        return PackedLayout(self.rows, self.width, self.gather.to(device), self.scatter.to(device))
 
 
 def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -107,17 +106,14 @@ def install(model) -> None:
 
     AttentionInterface.register(NAME, packed_sdpa)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _mask)  # padding masks for evaluation and generation
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.set_attn_implementation(NAME)
+    base_of(model).set_attn_implementation(NAME)
 
 
 def installed(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config._attn_implementation == NAME
+    return base_of(model).config._attn_implementation == NAME
 
 
 def uninstall(model) -> None:
     """Our implementation is for training only: it must not leak into a saved config."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base.config._attn_implementation == NAME:
-        base.set_attn_implementation("sdpa")
+    if installed(model):
+        base_of(model).set_attn_implementation("sdpa")

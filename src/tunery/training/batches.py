@@ -69,10 +69,7 @@ def collate(batch: list[Example], pad_id: int, device, packed: bool = False, sha
         n = len(e.input_ids)
         ids[row, :n] = torch.tensor(e.input_ids)
         attention[row, :n] = 1
-        for i in range(n - 1):
-            if e.loss_mask[i + 1]:
-                target_at.append(row * width + i)
-                targets.append(e.input_ids[i + 1])
+        _add_targets(e, 0, row * width, target_at, targets)
     return {"input_ids": ids.to(device), "attention_mask": attention.to(device),
             "target_at": torch.tensor(target_at, dtype=torch.long, device=device),
             "targets": torch.tensor(targets, dtype=torch.long, device=device)}
@@ -91,14 +88,19 @@ def _packed(batch: list[Example], device, share_prefix: bool) -> dict:
         # Padding slots read packed position 0: causal attention shows them only to padding queries.
         gather += list(range(prefix)) + list(range(start, start + n - prefix)) + [0] * (width - n)
         scatter += range(row * width + prefix, row * width + n)
-        for i in range(prefix, n - 1):  # the prefix carries no targets (shared_prefix_length)
-            if e.loss_mask[i + 1]:
-                target_at.append(start + i - prefix)
-                targets.append(e.input_ids[i + 1])
+        _add_targets(e, prefix, start - prefix, target_at, targets)  # the prefix carries no targets
     as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
     layout = PackedLayout(len(batch), width, as_tensor(gather), as_tensor(scatter))
     return {"input_ids": as_tensor([tokens]), "position_ids": as_tensor([positions]), "layout": layout,
             "target_at": as_tensor(target_at), "targets": as_tensor(targets)}
+
+
+def _add_targets(e: Example, first: int, offset: int, target_at: list, targets: list) -> None:
+    """Hidden state i (from `first` on, stored at offset + i) predicts token i+1 where it is trained."""
+    for i in range(first, len(e.input_ids) - 1):
+        if e.loss_mask[i + 1]:
+            target_at.append(offset + i)
+            targets.append(e.input_ids[i + 1])
 
 
 def shared_prefix_length(input_ids: list[list[int]], loss_masks: list[list[int]]) -> int:

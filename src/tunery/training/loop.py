@@ -143,7 +143,8 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
         f"{str(dtype).replace('torch.', '')} → {run_dir}")
 
     # 4) loop -------------------------------------------------------------------------------------
-    pad_id = tokenizer.pad_token_id
+    batch_of = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=accelerator.device, packed=packed,
+                                 share_prefix=cfg.share_prefix)
     stop_ids = stop_token_ids(tokenizer)
     bar = _progress(progress, total_steps, state["step"])
     started = time.perf_counter()
@@ -160,7 +161,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                 group_tokens = sum(sum(e.loss_mask[1:]) for mb in micro_batches for e in mb)
                 step_loss, step_tokens = 0.0, 0
                 for mb in micro_batches:
-                    batch = collate(mb, pad_id, accelerator.device, packed, cfg.share_prefix)
+                    batch = batch_of(mb)
                     with autocast():
                         loss_sum, _ = loss_fn(**batch)
                     accelerator.backward(loss_sum / group_tokens)
@@ -181,7 +182,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                        "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
                 last = step == total_steps
                 if val_set and (step % eval_every == 0 or last):
-                    row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, pad_id, accelerator, autocast, packed, cfg.share_prefix)
+                    row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, batch_of, autocast)
                     model.train()
                 if metric_key and val_set and (step % cfg.eval_generate_every == 0 or last):
                     with autocast():  # the frozen base may be stored in bf16 (setup.py)
@@ -261,7 +262,7 @@ def _check_eval_metric(cfg: TrainConfig) -> str | None:
     return f"eval_{cfg.eval_metric}"
 
 
-def evaluate(loss_fn, examples, batch_size, pad_id, accelerator, autocast, packed=False, share_prefix=False) -> float:
+def evaluate(loss_fn, examples, batch_size, batch_of, autocast) -> float:
     """Mean loss per trained token over the validation set."""
     import torch
 
@@ -270,7 +271,7 @@ def evaluate(loss_fn, examples, batch_size, pad_id, accelerator, autocast, packe
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
     with torch.no_grad():
         for i in range(0, len(ordered), batch_size):
-            batch = collate(ordered[i: i + batch_size], pad_id, accelerator.device, packed, share_prefix)
+            batch = batch_of(ordered[i: i + batch_size])
             with autocast():
                 loss_sum, n = loss_fn(**batch)
             total += loss_sum.item()

@@ -12,6 +12,8 @@ import contextlib
 import torch
 from torch import nn
 
+from .setup import base_of
+
 CHUNK = 2048  # rows of logits at a time: 2048 x 49k fp32 = 400 MB at most
 
 
@@ -24,7 +26,7 @@ class TokenLoss(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_of(model)
         self.decoder = base.get_decoder()
         self.lm_head = base.get_output_embeddings()
 

@@ -22,6 +22,11 @@ def device_and_dtype(cfg: TrainConfig):
     return device, default_dtype(device)
 
 
+def base_of(model):
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def check_method_supported(cfg: TrainConfig) -> None:
     """Refuse what this machine cannot do before any compute is spent."""
     import torch
