@@ -75,13 +75,19 @@ def test_human_report_and_show(cli_files, tiny_model):
     out = proc.stdout
     assert "examples 2" in out and "good 2" in out
     assert "example 1 (line 1)" in out
-    assert "The capital of France is Paris." in out
-    assert "What is the capital of France?" in out
-    # With --json, stdout stays one JSON object and the example goes to stderr.
+    # Not a colour terminal: the trained tokens are marked in the text itself.
+    assert "trained tokens between ⟦ and ⟧" in out
+    assert "user\nWhat is the capital of France?<|im_end|>" in out
+    assert "assistant\n⟦The capital of France is Paris.<|im_end|>⟧\n" in out
+    # With --json, stdout stays one JSON object, which carries the example and its trained spans.
     proc = tunery("data", "check", bad, "--model", tiny_model, "--json", "--show", "4", "--max-length", "64")
     assert proc.returncode == 1
-    assert json.loads(proc.stdout)["stats"]["max_length"] == 64
-    assert "example 4 (line 4)" in proc.stderr and "The capital of France is Paris." in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["stats"]["max_length"] == 64
+    example = report["example"]
+    assert (example["index"], example["line"]) == (4, 4)
+    assert example["trained"] == ["The capital of France is Paris.<|im_end|>"]
+    assert "What is the capital of France?" in example["text"]
     assert "Traceback" not in proc.stderr
 
 

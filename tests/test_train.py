@@ -276,8 +276,8 @@ def test_chat_cli_answers_until_empty_line(tiny_model, toy_data, tmp_path):
 
 
 def test_custom_template_ships_with_the_weights(tiny_model, toy_data, tmp_path):
-    template = ("{% for m in messages %}{{ '### ' + m['role'] + ': ' + m['content'] + '<|im_end|>' + '\\n' }}"
-                "{% endfor %}{% if add_generation_prompt %}{{ '### assistant: ' }}{% endif %}")
+    template = ("{% for m in messages %}{{ '### ' + m['role'] + ':\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '### assistant:\\n' }}{% endif %}")
     path = tmp_path / "t.jinja"
     path.write_text(template)
     run = train(cfg(tiny_model, toy_data, tmp_path / "run", max_steps=2, template=str(path)), progress=False)
@@ -286,7 +286,7 @@ def test_custom_template_ships_with_the_weights(tiny_model, toy_data, tmp_path):
     from tunery.generation import Generator
 
     gen = Generator(str(run.dir))
-    assert gen.tokenizer.decode(gen.prompt_ids([{"role": "user", "content": "hi"}])) == "### user: hi<|im_end|>\n### assistant: "
+    assert gen.tokenizer.decode(gen.prompt_ids([{"role": "user", "content": "hi"}])) == "### user:\nhi<|im_end|>\n### assistant:\n"
 
 
 def test_cpu_bf16_lora_casts_the_frozen_base_once(tiny_model, toy_data, tmp_path, monkeypatch):

@@ -42,6 +42,29 @@ def build_tokenizer(folder: Path, template: str = CHATML):
     return fast
 
 
+def family_tokenizer(template: str, *, specials: list[str], eos: str, bos: str | None = None,
+                     corpus: list[str] = ()):
+    """A byte-level BPE tokenizer with a model family's special tokens and chat template (not saved).
+
+    `corpus` adds text to learn merges from: a template's markers written as plain text there
+    become multi-character tokens that can straddle a marker and the next header, as they do in
+    real tokenizers that lack the family's special tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    names = list(dict.fromkeys([eos] + ([bos] if bos else []) + specials))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=names,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS + list(corpus) * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=bos, pad_token=eos)
+    fast.chat_template = template
+    return fast
+
+
 def build_model(folder: str | Path, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
     """Write a tiny LlamaForCausalLM + tokenizer into `folder` and return it."""
     import torch

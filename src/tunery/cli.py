@@ -46,7 +46,7 @@ def data_check(
     mask: str = typer.Option("assistant", "--mask", help="assistant | last | all"),
     format: str = typer.Option("auto", "--format", help="auto | chat | completion | alpaca | sharegpt | text"),
     template: Optional[str] = typer.Option(None, "--template", help="A Jinja chat template file"),
-    show: Optional[int] = typer.Option(None, "--show", help="Print example K with its trained tokens highlighted"),
+    show: Optional[int] = typer.Option(None, "--show", help="Print example K with its trained tokens marked (in --json: its trained spans as text)"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ):
     """Report every problem in a dataset file and what training would see."""
@@ -58,17 +58,19 @@ def data_check(
                      format=format, template=template)
     tokenizer = load_tokenizer(cfg.model)
     report = check_dataset(file, cfg, tokenizer=tokenizer)
+    example = render_example(file, show, cfg, tokenizer=tokenizer) if show is not None else None
     if as_json:
+        if example:
+            line, pieces = example
+            report["example"] = {"index": show, "line": line, "text": "".join(p for p, _ in pieces),
+                                 "trained": [p for p, trained in pieces if trained]}
         print(json.dumps(report))
     else:
-        from .data.report import print_report
+        from .data.report import print_example, print_report
 
         print_report(report, _console())
-    if show is not None:
-        line, pieces = render_example(file, show, cfg, tokenizer=tokenizer)
-        from .data.report import print_example
-
-        print_example(show, line, pieces, _console(stderr=as_json))
+        if example:
+            print_example(show, *example, _console())
     raise typer.Exit(0 if report["ok"] else 1)
 
 

@@ -61,7 +61,7 @@ class Generator:
         self.template = load_template(self.tokenizer, template)
         if self.template is None:
             raise TuneryError(f"model {model!r} has no chat template; pass --template FILE")
-        self.stop_ids = sorted(stop_token_ids(self.tokenizer))
+        self.stop_ids = sorted(stop_token_ids(self.tokenizer, self.template))
 
     def prompt_ids(self, messages: list[dict], tools=None) -> list[int]:
         text = self.template.render(messages, tools, add_generation_prompt=True)

@@ -82,6 +82,8 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
             convs.append(conv)
         for conv, enc in zip(convs, renderer.encode_many(convs)):
             _account(scan, conv.line, enc, max_length, overlong, keep)
+    if scan.n_kept and fmt != "text":
+        scan.warnings += [Issue(0, code, message) for code, message in renderer.template_warnings()]
     if scan.examples == 0:
         scan.errors.append(Issue(0, "empty_file", "the file holds no examples"))
     # Format problems are found before template/length ones within a chunk: list in file order.
@@ -108,6 +110,7 @@ def _account(scan: Scan, line: int, enc: "Encoded | Invalid", max_length: int, o
         scan.warnings.append(Issue(line, "truncated", f"{fitted.length_before_truncation} tokens truncated to {max_length}"))
         enc = fitted
     scan.n_kept += 1
+    scan.warnings += [Issue(line, code, message) for code, message in enc.warnings]
     scan.trained_tokens += enc.n_trained
     scan.epoch_tokens += len(enc.input_ids)
     if keep:

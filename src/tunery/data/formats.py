@@ -1,6 +1,6 @@
 """Dataset formats, detected per file, all normalised into `Conversation`.
 
-  chat        {"messages": [{"role", "content", "weight"?, "tool_calls"?}], "tools"?}  (OpenAI)
+  chat        {"messages": [{"role", "content", "weight"?, "tool_calls"?, "reasoning_content"?}], "tools"?}  (OpenAI)
   completion  {"prompt", "completion"}
   alpaca      {"instruction", "input"?, "output", "system"?}
   sharegpt    {"conversations": [{"from", "value"}], "system"?}
@@ -138,12 +138,27 @@ def _chat(row: dict) -> Conversation:
         if tool_calls and content is None:
             content = ""  # an assistant turn that only calls tools may have no text
         out["content"] = _text(content, f"{where}.content", allow_empty=bool(tool_calls))
+        reasoning = _reasoning(msg, where) if role == "assistant" else None
+        if reasoning:
+            out["reasoning_content"] = reasoning
         for key in ("name", "tool_call_id"):
             if key in msg:
                 out[key] = msg[key]
         conv.messages.append(out)
         conv.weights.append(_weight(msg, where, role))
     return _finish(conv)
+
+
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # vLLM/DeepSeek, OpenRouter, GPT-OSS names
+
+
+def _reasoning(msg: dict, where: str) -> str | None:
+    """An assistant message's reasoning under any of its usual names; templates that render it
+    (Qwen 3, GPT-OSS) get it, see ChatTemplate."""
+    given = [k for k in REASONING_KEYS if msg.get(k) is not None]
+    if len(given) > 1:
+        raise Invalid("content_type", f"{where} has both {given[0]!r} and {given[1]!r}; give the reasoning once")
+    return _text(msg[given[0]], f"{where}.{given[0]}", allow_empty=True) if given else None
 
 
 def _weight(msg: dict, where: str, role: str) -> float | None:

@@ -2,17 +2,27 @@
 
 How masks are found without `{% generation %}` markers: for each trained assistant turn i we
 render the conversation up to turn i with the generation prompt (the prompt the model will see
-at inference) and up to turn i inclusive. The characters between the two are the assistant's
-turn. This is only sound if every prefix renders as a prefix of the whole conversation, which we
-check for every example; a template that breaks it gets a clear error, never a guessed mask.
-The end-of-turn token that closes a trained turn is trained too, so the model learns to stop.
+at inference) and up to turn i inclusive. The turn starts where the first render ends and ends
+after the template's end-of-turn marker that follows the message's content (`ChatTemplate.
+end_marker`), never after a header the template appends for the next reply. This is only sound
+if every prefix renders as a prefix of the whole conversation, which we check for every example;
+a template that breaks it gets a clear error, never a guessed mask.
+
+Invariants, checked for every example (a violation is an error with the evidence, never "ok"):
+- the token ids are exactly the tokenization of the template's full render; the one exception
+  is a template whose turns end without any marker, where an EOS is appended (trained) after
+  each trained turn so the model learns to stop, and the doctor warns about it;
+- each trained span is a whole number of tokens: its tokens decode to the assistant turn as the
+  template renders it (content, plus reasoning and tool calls where the template renders them)
+  followed by the end-of-turn marker, and nothing else.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..errors import TemplateError
 from .formats import Invalid
-from .template import ChatTemplate
+from .template import END_OF_TURN_TOKENS, ChatTemplate
 from .types import Conversation
 
 MASK_MODES = ("assistant", "last", "all")
@@ -24,6 +34,7 @@ class Encoded:
     input_ids: list[int]
     loss_mask: list[int]  # 1 where the token is a training target
     length_before_truncation: int
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
 
     @property
     def n_trained(self) -> int:
@@ -34,6 +45,15 @@ class Encoded:
         return self.length_before_truncation > len(self.input_ids)
 
 
+@dataclass
+class Span:
+    """Characters [start, end) of the render that are trained; `turn` is the message index (-1: whole text)."""
+
+    start: int
+    end: int
+    turn: int = -1
+
+
 class Renderer:
     def __init__(self, tokenizer, template: ChatTemplate | None, mask: str = "assistant"):
         if mask not in MASK_MODES:
@@ -42,39 +62,98 @@ class Renderer:
         self.template = template
         self.mask = mask
         self.eos_id = tokenizer.eos_token_id
-        self.stop_ids = stop_token_ids(tokenizer)
+
+    # -- what the template's turns end with ---------------------------------------------------------
+    def _marker(self) -> str:
+        try:
+            return self.template.end_marker
+        except TemplateError as exc:
+            raise Invalid("template_error", str(exc)) from None
+
+    def template_warnings(self) -> list[tuple[str, str]]:
+        """File-level problems of the template against this tokenizer: (code, message)."""
+        if self.template is None:
+            return []
+        try:
+            marker = self.template.end_marker
+        except TemplateError:
+            return []  # every example reports it as an error
+        where = self.template.origin
+        if not marker:
+            return [("no_end_marker", f"{where} ends assistant turns without an end-of-turn token; tunery appends "
+                                      f"EOS ({self.tokenizer.eos_token!r}) after each trained turn so the model learns "
+                                      "to stop, which the template's own render at inference does not have")]
+        if end_token_id(self.tokenizer, marker) is None:
+            fix = "use the model's own template" if not self.template.from_model else "add it to the tokenizer"
+            return [("end_marker_not_special", f"{where} ends assistant turns with {marker!r}, which is not a special "
+                                               "token of this tokenizer: it is trained as plain text pieces, generation "
+                                               f"will not stop at it, and it can merge with the next header; add it as "
+                                               f"a special token or {fix}")]
+        return []
 
     # -- text and character spans -------------------------------------------------------------
-    def text_and_spans(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
+    def text_and_spans(self, conv: Conversation) -> tuple[str, list[Span], list[tuple[str, str]]]:
         if conv.text is not None:
-            return conv.text, [(0, len(conv.text))]
+            return conv.text, [Span(0, len(conv.text))], []
         if self.template is None:
             raise Invalid("no_template", "the model has no chat template; pass --template FILE")
         msgs, tools = conv.messages, conv.tools
+        warnings: list[tuple[str, str]] = []
         try:
             full = self.template.render(msgs, tools)
             if self.mask == "all":
-                return full, [(0, len(full))]
+                return full, [Span(0, len(full))], []
+            marker = self._marker()
             spans = []
             for i in self._trained_turns(conv):
                 before = self.template.render(msgs[:i], tools, add_generation_prompt=True)
                 upto = full if i == len(msgs) - 1 else self.template.render(msgs[: i + 1], tools)
-                if not (upto.startswith(before) and full.startswith(upto)):
-                    raise Invalid(
-                        "mask_underivable",
-                        f"the chat template does not render turn {i} as a prefix of the whole conversation, "
-                        "so loss masks cannot be derived; pass --template FILE or --mask all",
-                    )
-                end = len(upto.rstrip())  # text after the end-of-turn token (newlines) is not trained
+                if not upto.startswith(before):
+                    raise self._underivable(conv, i, "does not continue its own generation prompt")
+                end = self._turn_end(upto, len(before), msgs[i], marker, conv, i)
+                if not full.startswith(upto[:end]):
+                    raise self._underivable(conv, i, "renders differently once later messages follow "
+                                                     "(it rewrites earlier turns)")
                 if end > len(before):
-                    spans.append((len(before), end))
+                    spans.append(Span(len(before), end, i))
+                    warnings += _dropped(msgs[i], full[len(before):end], i)
         except Invalid:
             raise
         except Exception as exc:  # templates raise_exception() on conversations they reject
             raise Invalid("template_error", f"chat template failed: {exc}") from None
         if not spans:
             raise Invalid("nothing_trainable", "no tokens left to train on after masking")
-        return full, spans
+        return full, spans, warnings
+
+    def _turn_end(self, upto: str, start: int, msg: dict, marker: str, conv: Conversation, i: int) -> int:
+        """Where assistant turn i ends in `upto`: after the marker that follows its content."""
+        content = msg["content"].strip()
+        pos = start
+        if content:
+            found = upto.find(content, start)
+            if found < 0:
+                raise Invalid("mask_invariant", f"messages[{i}]: the chat template does not render the assistant's "
+                                                f"content; its turn renders as {_clip(upto[start:])!r}")
+            pos = found + len(content)
+        if not marker:
+            return max(pos, len(upto.rstrip()))  # text after the turn (newlines) is not trained
+        end = upto.find(marker, pos)
+        if end < 0:
+            raise self._underivable(conv, i, f"does not end with its end-of-turn marker {marker!r}")
+        return end + len(marker)
+
+    def _underivable(self, conv: Conversation, i: int, why: str) -> Invalid:
+        ways = []
+        assistants = [k for k, m in enumerate(conv.messages) if m["role"] == "assistant"]
+        if self.mask == "assistant" and i != assistants[-1]:
+            ways.append("--mask last to train only the final assistant turn")
+        if self.template.from_model:
+            ways.append("a training template with --template FILE")
+        else:
+            ways.append(f"a template that renders every turn the same way in place of {self.template.origin}")
+        ways.append("--mask all to train every token")
+        return Invalid("mask_underivable", f"the chat template, given messages[{i}] (assistant), {why}, so its loss "
+                                           f"mask cannot be derived; use {', or '.join(ways)}")
 
     def _trained_turns(self, conv: Conversation) -> list[int]:
         turns = [i for i, m in enumerate(conv.messages) if m["role"] == "assistant" and conv.weights[i] != 0]
@@ -87,49 +166,87 @@ class Renderer:
     def encode_many(self, convs: Sequence[Conversation]) -> list["Encoded | Invalid"]:
         """Encode a chunk of conversations with one batched tokenizer call."""
         results: list[Encoded | Invalid | None] = [None] * len(convs)
-        texts, spans, where = [], [], []
+        texts, spans, notes, where = [], [], [], []
         for k, conv in enumerate(convs):
             try:
-                text, sp = self.text_and_spans(conv)
+                text, sp, warn = self.text_and_spans(conv)
             except Invalid as exc:
                 results[k] = exc
                 continue
             texts.append(text)
             spans.append(sp)
+            notes.append(warn)
             where.append(k)
         if texts:
             # The Rust tokenizer directly: transformers' wrapper costs as much again in Python.
             encodings = self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
             for j, k in enumerate(where):
                 plain = convs[k].text is not None
-                results[k] = self._mask(encodings[j].ids, encodings[j].offsets, spans[j], plain, texts[j])
+                try:
+                    enc = self._mask(encodings[j].ids, encodings[j].offsets, spans[j], plain, texts[j])
+                except Invalid as exc:
+                    results[k] = exc
+                    continue
+                enc.warnings = notes[j]
+                results[k] = enc
         return results
 
-    def _mask(self, ids: list[int], offsets, spans, plain: bool, text: str = "") -> Encoded:
+    def _mask(self, ids: list[int], offsets, spans: list[Span], plain: bool, text: str) -> Encoded:
         out_ids, out_mask = [], []
         if plain and self.tokenizer.bos_token_id is not None:
             out_ids.append(self.tokenizer.bos_token_id)
             out_mask.append(0)
+        # Plain text, and templates whose turns end without a marker, get EOS after each span.
+        append_eos = self.eos_id is not None and (plain or not self._marker())
         n, t = len(ids), 0
-        for start, end in spans:
-            while t < n and offsets[t][0] < start:
+        for span in spans:
+            while t < n and offsets[t][0] < span.start:
+                if offsets[t][1] > span.start:
+                    raise self._misaligned(ids, offsets, t, span, text)
                 out_ids.append(ids[t]); out_mask.append(0); t += 1
-            stopped = False
-            while t < n and offsets[t][0] < end:
-                out_ids.append(ids[t]); out_mask.append(1)
-                # Whitespace after an end token (ChatML's newline, with --mask all) does not
-                # reopen the turn, so no second end token is appended after it.
-                if ids[t] in self.stop_ids:
-                    stopped = True
-                elif not stopped or text[offsets[t][0]:offsets[t][1]].strip():
-                    stopped = False
-                t += 1
-            if not stopped and self.eos_id is not None:
-                # The template closes this turn without an end token (or plain text): add one,
-                # trained, so generation learns where to stop.
+            while t < n and offsets[t][0] < span.end:
+                if offsets[t][1] > span.end:
+                    raise self._misaligned(ids, offsets, t, span, text)
+                out_ids.append(ids[t]); out_mask.append(1); t += 1
+            if append_eos:
                 out_ids.append(self.eos_id); out_mask.append(1)
         out_ids.extend(ids[t:]); out_mask.extend([0] * (n - t))
         return Encoded(out_ids, out_mask, len(out_ids))
+
+    def _misaligned(self, ids, offsets, t: int, span: Span, text: str) -> Invalid:
+        """A token crosses a trained span's edge: training it, or not, would break the invariant."""
+        a, b = offsets[t]
+        turn = _clip(text[span.start:span.end])
+        if a < span.start:
+            return Invalid("mask_invariant", f"messages[{span.turn}]: the generation prompt ends inside a token: "
+                                             f"{text[a:b]!r} spans the prompt's end and the start of the turn {turn!r}, "
+                                             "so the prompt is tokenized differently at inference than in training; "
+                                             "end the template's generation prompt at a token boundary (for example "
+                                             "without a trailing space)")
+        trained = [k for k in range(len(ids)) if offsets[k][1] > span.start and offsets[k][0] < span.end]
+        got = self.tokenizer.decode([ids[k] for k in trained], skip_special_tokens=False)
+        return Invalid("mask_invariant", f"messages[{span.turn}]: the assistant turn {turn!r} does not end on a token "
+                                         f"boundary: token {text[a:b]!r} crosses its end, so its tokens decode to "
+                                         f"{_clip(got)!r}; the template's end-of-turn marker is probably not a special "
+                                         "token of this tokenizer")
+
+
+def _dropped(msg: dict, turn: str, i: int) -> list[tuple[str, str]]:
+    """Warnings for parts of an assistant message that the template leaves out of its turn."""
+    out = []
+    reasoning = (msg.get("reasoning_content") or "").strip()
+    if reasoning and reasoning not in turn:
+        out.append(("reasoning_dropped", f"messages[{i}].reasoning_content is not rendered by the chat template "
+                                         "and is not trained"))
+    names = [c["function"]["name"] for c in msg.get("tool_calls") or []]
+    if any(name not in turn for name in names):
+        out.append(("tool_calls_dropped", f"messages[{i}].tool_calls are not rendered by the chat template "
+                                          "and are not trained"))
+    return out
+
+
+def _clip(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[: n // 2] + " … " + text[-n // 2:]
 
 
 def apply_max_length(enc: Encoded, max_length: int, policy: str) -> "Encoded | Invalid | None":
@@ -137,17 +254,33 @@ def apply_max_length(enc: Encoded, max_length: int, policy: str) -> "Encoded | I
     if len(enc.input_ids) <= max_length:
         return None
     if policy == "truncate":
-        cut = Encoded(enc.input_ids[:max_length], enc.loss_mask[:max_length], enc.length_before_truncation)
+        cut = Encoded(enc.input_ids[:max_length], enc.loss_mask[:max_length], enc.length_before_truncation,
+                      enc.warnings)
         if cut.n_trained == 0:
             return Invalid("nothing_trainable", f"{len(enc.input_ids)} tokens; nothing trainable within the first {max_length}")
         return cut
     return Invalid("too_long", f"{len(enc.input_ids)} tokens is longer than max_length {max_length}")
 
 
-def stop_token_ids(tokenizer) -> set[int]:
+def end_token_id(tokenizer, marker: str) -> int | None:
+    """The id of the special token a marker ends with, or None if it ends in plain text."""
+    vocab = tokenizer.get_added_vocab()
+    for token in sorted(vocab, key=len, reverse=True):
+        if marker.endswith(token):
+            return vocab[token]
+    return None
+
+
+def stop_token_ids(tokenizer, template: ChatTemplate | None = None) -> set[int]:
+    """Ids generation stops at: EOS, the known end-of-turn tokens the tokenizer has, the template's marker."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
-        if isinstance(tid, int):
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+    if template is not None:
+        try:
+            marker = template.end_marker
+        except TemplateError:
+            marker = ""
+        if marker and (tid := end_token_id(tokenizer, marker)) is not None:
             ids.add(tid)
     return ids

@@ -2,6 +2,7 @@
 
 
 def print_report(report: dict, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     s = report["stats"]
@@ -28,17 +29,23 @@ def print_report(report: dict, console) -> None:
         table.add_column("code", style=style)
         table.add_column("message")
         for issue in issues:
-            table.add_row(str(issue["line"]), issue["code"], issue["message"])
+            table.add_row(str(issue["line"]), issue["code"], escape(issue["message"]))  # messages quote templates
         console.print(table)
     verdict = "[green]ok[/]" if report["ok"] else f"[red]{report['error_count']} errors[/]: fix them before training"
     console.print(verdict)
 
 
 def print_example(k: int, line: int, pieces: list[tuple[str, bool]], console) -> None:
+    """Example k with its trained tokens highlighted on a colour terminal, else between ⟦ and ⟧."""
     from rich.text import Text
 
-    console.print(f"[bold]example {k}[/] (line {line}); [black on green]trained tokens[/] highlighted:")
+    colour = console.is_terminal and not console.no_color
+    how = "[black on green]highlighted[/]" if colour else "between ⟦ and ⟧"
+    console.print(f"[bold]example {k}[/] (line {line}); trained tokens {how}:")
     text = Text()
     for piece, trained in pieces:
-        text.append(piece, style="black on green" if trained else "dim")
+        if colour:
+            text.append(piece, style="black on green" if trained else "dim")
+        else:
+            text.append(f"⟦{piece}⟧" if trained else piece)
     console.print(text)

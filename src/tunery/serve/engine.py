@@ -151,7 +151,7 @@ class Engine:
             template = load_template(tokenizer)
             if template is None:
                 raise TuneryError(f"model {resolved.reference!r} has no chat template")
-            self._bases[key] = _Base(model, tokenizer, template, sorted(stop_token_ids(tokenizer)))
+            self._bases[key] = _Base(model, tokenizer, template, sorted(stop_token_ids(tokenizer, template)))
             while len(self._bases) > self.max_bases:
                 self._bases.popitem(last=False)
         self._bases.move_to_end(key)

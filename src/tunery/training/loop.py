@@ -22,6 +22,7 @@ from ..models.hardware import keep_freed_memory
 from ..registry import recorder as registry
 from . import checkpoint as ckpt
 from ..data.render import stop_token_ids
+from ..data.template import load_template
 from .batches import collate, step_groups, steps_per_epoch
 from . import attention
 from .loss import TokenLoss
@@ -72,6 +73,10 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
     base = resolve_model(cfg.model)
     tokenizer = load_tokenizer(base)
     train_set, val_set, data_info = load_data(cfg, tokenizer)
+    for note in data_info["data"].get("warnings", []):
+        from rich.markup import escape
+
+        say(f"[yellow]warning[/] {escape(note)}")
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.data, cfg.method)
     resume_from = None
     if cfg.resume:
@@ -145,7 +150,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
     # 4) loop -------------------------------------------------------------------------------------
     batch_of = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=accelerator.device, packed=packed,
                                  share_prefix=cfg.share_prefix)
-    stop_ids = stop_token_ids(tokenizer)
+    stop_ids = stop_token_ids(tokenizer, load_template(tokenizer, cfg.template))
     bar = _progress(progress, total_steps, state["step"])
     started = time.perf_counter()
     step, stop = state["step"], False
@@ -231,8 +236,6 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
         ckpt.load_trainable(model, load_file(best / "trainable.safetensors"))
         shipped = state["best_step"]
     if cfg.template:  # inference must use the template training used: ship it with the weights
-        from ..data.template import load_template
-
         tokenizer.chat_template = load_template(tokenizer, cfg.template).source
     export(model, tokenizer, run_dir, cfg.method)
     rows = read_metrics(run_dir)
@@ -296,6 +299,9 @@ def load_data(cfg: TrainConfig, tokenizer):
     train_scan = scan(cfg.data)
     train_set, val_set = train_scan.kept, []
     info = {"data": data_record(cfg.data, train_scan.examples, len(train_scan.kept)) | {"format": train_scan.format}}
+    # Whole-file warnings (the template's end-of-turn marker against the tokenizer) travel with the run.
+    if notes := [f"{w.code}: {w.message}" for w in train_scan.warnings if w.line == 0]:
+        info["data"]["warnings"] = notes
     if cfg.val_data:
         val_scan = scan(cfg.val_data)
         val_set = val_scan.kept
