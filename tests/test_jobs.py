@@ -3,13 +3,11 @@ job -> events -> checkpoints -> chat with the ft: model; cancel, pause/resume, b
 requests, and a server killed mid-job that finishes the job after a restart."""
 
 import json
-import os
 import signal
 import time
 
 import openai
 import pytest
-
 from conftest import write_jsonl
 from test_serve import KEY, client, http, start_server
 

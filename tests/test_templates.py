@@ -288,3 +288,77 @@ def test_foreign_templates_on_the_default_model(tmp_path):
                                                        else A1["content"] + TURN[family][1])
     # Llama 3 is the case from the report: "|><|" merges the marker's end into the next header.
     assert errors["llama3"] == [(2, "mask_invariant")]
+
+
+# -- found in review: what templates do to content, other ways to end a turn ------------------------
+
+TOOL_CALL = [{"type": "function", "id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]
+
+
+def test_template_rewriting_content_trains_what_it_renders():
+    # Qwen 3 moves reasoning written inside the content into its own think block.
+    tok = tokenizer_for("qwen3")
+    answer = {"role": "assistant", "content": "<think>Recall the capital.</think>Paris."}
+    enc = encode(tok, [Q1, answer], [None, None])
+    assert enc.input_ids == reference_ids(tok, [Q1, answer]) and not enc.warnings
+    assert trained_runs(tok, enc) == ["<think>\nRecall the capital.\n</think>\n\nParis.<|im_end|>"]
+    # Llama 3.1 renders a tool call and drops text beside it: trained as rendered, and said.
+    tok = tokenizer_for("llama3_1")
+    call = {"role": "assistant", "content": "Let me check.", "tool_calls": TOOL_CALL}
+    enc = encode(tok, [Q1, call], [None, None])
+    assert not isinstance(enc, Invalid), enc
+    [trained] = trained_runs(tok, enc)
+    assert "get_weather" in trained and trained.endswith("<|eot_id|>") and "Let me check." not in trained
+    assert [code for code, _ in enc.warnings] == ["content_dropped"]
+
+
+def test_turn_closed_by_another_end_token():
+    # A GPT-OSS tool call ends with <|call|>, its final answers with <|return|>.
+    tok = tokenizer_for("gpt_oss")
+    call = {"role": "assistant", "content": "", "tool_calls": TOOL_CALL}
+    enc = encode(tok, [Q1, call], [None, None])
+    assert not isinstance(enc, Invalid), enc
+    [trained] = trained_runs(tok, enc)
+    assert "get_weather" in trained and trained.endswith("<|call|>")
+    assert enc.input_ids == reference_ids(tok, [Q1, call])
+
+
+def test_turn_rendered_as_only_its_end_is_an_error():
+    # Granite 3.3 without tools in the request renders no tool call: the turn would be its end alone.
+    tok = tokenizer_for("granite3_3")
+    enc = encode(tok, [Q1, {"role": "assistant", "content": "", "tool_calls": TOOL_CALL}], [None, None])
+    assert isinstance(enc, Invalid) and enc.code == "mask_invariant" and "without its content" in str(enc)
+
+
+def test_content_starting_with_whitespace_is_named_as_the_cause():
+    # A tokenizer that merges runs of newlines, as real ones do: the prompt's "\n" and the content's
+    # "\n\n" become one token.
+    tok = family_tokenizer(CHATML, specials=["<|im_start|>"], eos="<|im_end|>", corpus=["a\n\n\nb\n\n"])
+    enc = encode(tok, [Q1, {"role": "assistant", "content": "\n\nParis."}], [None, None])
+    assert isinstance(enc, Invalid) and enc.code == "mask_invariant" and "starts with whitespace" in str(enc)
+    enc = encode(tok, [Q1, {"role": "assistant", "content": "Paris."}], [None, None])
+    assert trained_runs(tok, enc) == ["Paris.<|im_end|>"]
+
+
+def test_template_rejecting_the_probe_still_works_with_mask_all():
+    tok = tokenizer_for("qwen2_5")
+    needs_tools = ("{% if not tools %}{{ raise_exception('tools required') }}{% endif %}"
+                   "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+                   "{% endfor %}")
+    conv = Conversation(messages=[Q1, A1], weights=[None, None], tools=[{"type": "function", "function": {"name": "f"}}])
+    enc = Renderer(tok, load_template(tok, needs_tools), "all").encode_many([conv])[0]
+    assert not isinstance(enc, Invalid), enc
+    assert enc.n_trained == len(enc.input_ids) and tok.eos_token_id in enc.input_ids  # the template's own <|im_end|>
+    enc = Renderer(tok, load_template(tok, needs_tools)).encode_many([conv])[0]
+    assert isinstance(enc, Invalid) and enc.code == "template_error"
+
+
+def test_template_without_end_token_that_appends_the_next_header():
+    tok = tokenizer_for("qwen2_5")
+    template = "{% for m in messages %}### {{ m.role }}:\n{{ m.content }}\n\n{% endfor %}### assistant:\n"
+    renderer = Renderer(tok, load_template(tok, template))
+    assert [code for code, _ in renderer.template_warnings()] == ["no_end_marker"]
+    enc = renderer.encode_many([Conversation(messages=[Q1, A1], weights=[None, None])])[0]
+    # Jinja drops the template's final newline, so the prompt ends at "assistant:" and the newline
+    # opens the turn. EOS is appended after the content; the trailing header is not trained.
+    assert trained_runs(tok, enc) == ["\n" + A1["content"] + "<|im_end|>"]

@@ -77,14 +77,12 @@ def data_check(
 def _validated(model_cls, **values):
     from pydantic import ValidationError
 
-    from .errors import ConfigError
+    from .errors import config_error
 
     try:
         return model_cls(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "config"
-        raise ConfigError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
+        raise config_error(exc) from None
 
 
 @app.command()

@@ -124,7 +124,7 @@ def load_train_config(yaml_path: str | None = None, **flags) -> TrainConfig:
     import yaml
     from pydantic import ValidationError
 
-    from .errors import ConfigError
+    from .errors import ConfigError, config_error
 
     values: dict = {}
     if yaml_path:
@@ -144,8 +144,6 @@ def load_train_config(yaml_path: str | None = None, **flags) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "config"
+        field = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
         source = f"{yaml_path}: " if yaml_path and field in values and field not in flags else ""
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"{source}{field}: {msg} (got {err.get('input')!r})") from None
+        raise config_error(exc, source) from None

@@ -70,6 +70,12 @@ class Renderer:
         except TemplateError as exc:
             raise Invalid("template_error", str(exc)) from None
 
+    def _has_no_marker(self) -> bool:
+        try:
+            return not self.template.end_marker
+        except TemplateError:  # unknown (the template rejects the probe): assume it has one
+            return False
+
     def template_warnings(self) -> list[tuple[str, str]]:
         """File-level problems of the template against this tokenizer: (code, message)."""
         if self.template is None:
@@ -114,9 +120,13 @@ class Renderer:
                 if not full.startswith(upto[:end]):
                     raise self._underivable(conv, i, "renders differently once later messages follow "
                                                      "(it rewrites earlier turns)")
-                if end > len(before):
-                    spans.append(Span(len(before), end, i))
-                    warnings += _dropped(msgs[i], full[len(before):end], i)
+                body = full[len(before):end]
+                if not _strip_end(body, marker).strip():
+                    raise Invalid("mask_invariant", f"messages[{i}]: the chat template renders this assistant turn as "
+                                                    f"{body!r}, without its content or tool calls; nothing of it "
+                                                    "would be learnt but the end of the turn")
+                spans.append(Span(len(before), end, i))
+                warnings += _dropped(msgs[i], body, i)
         except Invalid:
             raise
         except Exception as exc:  # templates raise_exception() on conversations they reject
@@ -126,21 +136,22 @@ class Renderer:
         return full, spans, warnings
 
     def _turn_end(self, upto: str, start: int, msg: dict, marker: str, conv: Conversation, i: int) -> int:
-        """Where assistant turn i ends in `upto`: after the marker that follows its content."""
-        content = msg["content"].strip()
-        pos = start
-        if content:
-            found = upto.find(content, start)
-            if found < 0:
-                raise Invalid("mask_invariant", f"messages[{i}]: the chat template does not render the assistant's "
-                                                f"content; its turn renders as {_clip(upto[start:])!r}")
-            pos = found + len(content)
-        if not marker:
-            return max(pos, len(upto.rstrip()))  # text after the turn (newlines) is not trained
-        end = upto.find(marker, pos)
-        if end < 0:
-            raise self._underivable(conv, i, f"does not end with its end-of-turn marker {marker!r}")
-        return end + len(marker)
+        """Where assistant turn i, the last message of `upto`, ends: after its last end-of-turn marker.
+        Anything after it is a tail the template appends (Command-A's next reply header, Phi-3's EOS)."""
+        turn = upto[start:]
+        if marker:
+            k = turn.rfind(marker)
+            if k >= 0:
+                return start + k + len(marker)
+            # A turn closed another way (GPT-OSS's <|call|> after a tool call): its last end token.
+            hits = [(turn.rfind(stop) + len(stop), stop) for stop in self.template.stop_strings if stop in turn]
+            if not hits:
+                raise self._underivable(conv, i, f"does not end with its end-of-turn marker {marker!r}")
+            return start + max(hits)[0]
+        content = _visible(msg["content"])
+        found = turn.find(content) if content else -1
+        # No marker: the turn ends with its content; newlines after it are not trained.
+        return start + found + len(content) if found >= 0 else len(upto.rstrip())
 
     def _underivable(self, conv: Conversation, i: int, why: str) -> Invalid:
         ways = []
@@ -197,7 +208,7 @@ class Renderer:
             out_ids.append(self.tokenizer.bos_token_id)
             out_mask.append(0)
         # Plain text, and templates whose turns end without a marker, get EOS after each span.
-        append_eos = self.eos_id is not None and (plain or not self._marker())
+        append_eos = self.eos_id is not None and (plain or self._has_no_marker())
         n, t = len(ids), 0
         for span in spans:
             while t < n and offsets[t][0] < span.start:
@@ -217,6 +228,10 @@ class Renderer:
         """A token crosses a trained span's edge: training it, or not, would break the invariant."""
         a, b = offsets[t]
         turn = _clip(text[span.start:span.end])
+        if a < span.start and text[span.start:span.end][:1].isspace():
+            return Invalid("mask_invariant", f"messages[{span.turn}]: the content starts with whitespace, which "
+                                             f"tokenizes together with the end of the generation prompt ({text[a:b]!r}); "
+                                             "strip the leading whitespace from the assistant's content")
         if a < span.start:
             return Invalid("mask_invariant", f"messages[{span.turn}]: the generation prompt ends inside a token: "
                                              f"{text[a:b]!r} spans the prompt's end and the start of the turn {turn!r}, "
@@ -234,6 +249,10 @@ class Renderer:
 def _dropped(msg: dict, turn: str, i: int) -> list[tuple[str, str]]:
     """Warnings for parts of an assistant message that the template leaves out of its turn."""
     out = []
+    content = _visible(msg["content"])
+    if content and content not in turn:
+        out.append(("content_dropped", f"messages[{i}].content is not rendered as given by the chat template; "
+                                       f"the turn trained is {_clip(turn)!r}"))
     reasoning = (msg.get("reasoning_content") or "").strip()
     if reasoning and reasoning not in turn:
         out.append(("reasoning_dropped", f"messages[{i}].reasoning_content is not rendered by the chat template "
@@ -243,6 +262,15 @@ def _dropped(msg: dict, turn: str, i: int) -> list[tuple[str, str]]:
         out.append(("tool_calls_dropped", f"messages[{i}].tool_calls are not rendered by the chat template "
                                           "and are not trained"))
     return out
+
+
+def _visible(content: str) -> str:
+    """The answer in a message's content: reasoning templates rewrite what precedes `</think>`."""
+    return content.rsplit("</think>", 1)[-1].strip()
+
+
+def _strip_end(body: str, marker: str) -> str:
+    return body[: -len(marker)] if marker and body.endswith(marker) else body
 
 
 def _clip(text: str, n: int = 120) -> str:

@@ -11,7 +11,8 @@ learn two facts the masks depend on:
   are handed over in the shape it renders.
 - `end_marker`: the text that closes an assistant turn (`<|im_end|>`, `<|eot_id|>`, or
   `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>` for Command-A), cut after the first end-of-turn token
-  even where the template always appends the next reply's header. "" when turns end without one.
+  even where the template always appends the next reply's header. "" when turns end without a
+  known end-of-turn token (then tunery appends EOS, see render.py).
 A message's `reasoning_content` is also handed over as `thinking`, the name GPT-OSS reads.
 """
 
@@ -30,10 +31,10 @@ _GENERATION_TAGS = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
 # Tokens that end a turn in the model families we know; the tokenizer's EOS is one too.
 END_OF_TURN_TOKENS = (
     "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|END_OF_TURN_TOKEN|>", "<|end_of_text|>",
-    "<｜end▁of▁sentence｜>", "<end_of_utterance>", "<|return|>", "<|endoftext|>", "</s>",
+    "<｜end▁of▁sentence｜>", "<end_of_utterance>", "<|return|>", "<|call|>", "<|endoftext|>", "</s>",
 )
 
-_PROBE_QUESTION, _PROBE_ANSWER, _PROBE_FOLLOWUP = "tunery probe question", "tunery probe answer", "tunery probe followup"
+_PROBE_QUESTION, _PROBE_ANSWER = "tunery probe question", "tunery probe answer"
 
 
 def _raise(message):
@@ -123,27 +124,17 @@ class ChatTemplate:
                 if _PROBE_ANSWER not in last or f"'text': '{_PROBE_ANSWER}'" in last:  # not a list's repr
                     why = "the assistant's content does not appear in its render"
                     continue
-                try:
-                    mid = self._render(system + [msg("user", _PROBE_QUESTION), msg("assistant", _PROBE_ANSWER),
-                                                 msg("user", _PROBE_FOLLOWUP)])
-                except Exception:
-                    mid = None
-                return parts, self._marker(last, mid), ""
+                return parts, self._marker(last), ""
         return False, None, why
 
-    def _marker(self, last: str, mid: str | None) -> str:
+    def _marker(self, last: str) -> str:
+        """The text after the answer up to and including the first end-of-turn token; "" if none."""
         after = last[last.rindex(_PROBE_ANSWER) + len(_PROBE_ANSWER):]
         hits = [(after.find(s), s) for s in self.stop_strings if s in after]
-        if hits:
-            pos, stop = min(hits)
-            return after[: pos + len(stop)]
-        if mid is not None and _PROBE_ANSWER in mid:  # no end token: what every continuation shares
-            follow = mid[mid.index(_PROBE_ANSWER) + len(_PROBE_ANSWER):]
-            n = 0
-            while n < min(len(after), len(follow)) and after[n] == follow[n]:
-                n += 1
-            after = after[:n]
-        return after.rstrip()
+        if not hits:
+            return ""
+        pos, stop = min(hits)
+        return after[: pos + len(stop)]
 
 
 def load_template(tokenizer, template: str | Path | None = None) -> ChatTemplate | None:

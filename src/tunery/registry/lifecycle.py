@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, RegistryError, TuneryError
+from ..errors import RegistryError, TuneryError, config_error
 from . import store
 from .db import connect
 
@@ -159,8 +159,7 @@ def retrain(ref: str, base: str, *, data: str | None = None, eval_file: str | No
     try:
         cfg = TrainConfig(**recipe)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"{old['name']}'s recorded recipe: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise config_error(exc, f"{old['name']}'s recorded recipe: ") from None
 
     before = _evaluate(old["name"], plan, old, batch_size)  # first: a broken old model fails before training
     run = train(cfg, progress=progress)

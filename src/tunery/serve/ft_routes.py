@@ -12,7 +12,7 @@ def _call(fn, *args):
         return fn(*args)
     except jobs.NotFound as exc:
         raise APIError(404, str(exc), code="not_found") from None
-    except jobs.Invalid as exc:
+    except jobs.BadRequest as exc:
         raise APIError(400, str(exc), code="invalid_request", param=exc.param) from None
 
 
@@ -28,7 +28,7 @@ def router(max_upload_bytes: int, dependencies) -> APIRouter:
             raise APIError(400, f"purpose {purpose!r} is not supported", param="purpose")
         try:
             return jobs.save_file(file.filename, purpose, file.file, max_upload_bytes)
-        except jobs.Invalid as exc:
+        except jobs.BadRequest as exc:
             raise APIError(413, str(exc), param=exc.param) from None
 
     @r.get("/files")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..config import AUTO_LR, TrainConfig
+from ..errors import config_error
 from ..home import tunery_home
 from ..registry.db import connect, transaction
 
@@ -26,7 +27,9 @@ class NotFound(Exception):
     pass
 
 
-class Invalid(Exception):
+class BadRequest(Exception):
+    """A request the API refuses with 400; `param` names the offending field."""
+
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
@@ -55,7 +58,7 @@ def save_file(filename: str, purpose: str, source, max_bytes: int) -> dict:
             if size > max_bytes:
                 out.close()
                 tmp.unlink(missing_ok=True)
-                raise Invalid(f"file is larger than the server's limit of {max_bytes} bytes", "file")
+                raise BadRequest(f"file is larger than the server's limit of {max_bytes} bytes", "file")
             out.write(chunk)
     tmp.rename(dest)
     row = {"id": file_id, "filename": Path(filename or "upload").name, "purpose": purpose, "bytes": size,
@@ -104,19 +107,19 @@ def create_job(body: dict) -> dict:
 
     model = body.get("model")
     if not model:
-        raise Invalid("model is required", "model")
+        raise BadRequest("model is required", "model")
     try:
         resolve_model(model)
     except Exception as exc:
-        raise Invalid(f"model {model!r} cannot be fine-tuned here: {exc}", "model") from None
+        raise BadRequest(f"model {model!r} cannot be fine-tuned here: {exc}", "model") from None
     for param in ("training_file", "validation_file"):
         if body.get(param) is not None:
             try:
                 get_file_row(body[param])
             except NotFound:
-                raise Invalid(f"{param}: no such file {body[param]!r}", param) from None
+                raise BadRequest(f"{param}: no such file {body[param]!r}", param) from None
     if not body.get("training_file"):
-        raise Invalid("training_file is required", "training_file")
+        raise BadRequest("training_file is required", "training_file")
     config_for(body, job_id="ftjob-" + "0" * 24)  # every hyperparameter checked now, not in the worker
     job_id = "ftjob-" + secrets.token_hex(12)
     with connect() as conn, transaction(conn):
@@ -153,15 +156,14 @@ def config_for(body: dict, job_id: str) -> TrainConfig:
         try:
             mult = float(mult)
         except (TypeError, ValueError):
-            raise Invalid("learning_rate_multiplier must be a number or 'auto'", "hyperparameters.learning_rate_multiplier") from None
+            raise BadRequest("learning_rate_multiplier must be a number or 'auto'", "hyperparameters.learning_rate_multiplier") from None
         values["lr"] = AUTO_LR[values.get("method", "lora")] * mult
     values["out"] = str(tunery_home() / "jobs" / job_id / "run")
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise Invalid(f"{field}: {err['msg']}", "hyperparameters" if field in ("epochs", "batch_size", "lr") else field) from None
+        err = config_error(exc)
+        raise BadRequest(str(err), "hyperparameters" if err.field in ("epochs", "batch_size", "lr") else err.field) from None
 
 
 def get_job(job_id: str, conn=None) -> dict:
@@ -216,7 +218,7 @@ def control(job_id: str, action: str) -> dict:
         status = job["status"]
         if action == "cancel":
             if status in TERMINAL:
-                raise Invalid(f"Job {job_id} has already {status}; it cannot be cancelled")
+                raise BadRequest(f"Job {job_id} has already {status}; it cannot be cancelled")
             if status == "running":
                 conn.execute("UPDATE jobs SET control = 'cancel' WHERE id = ?", (job_id,))
             else:  # nothing is running it: cancelled right away
@@ -225,7 +227,7 @@ def control(job_id: str, action: str) -> dict:
                 add_event(conn, job_id, "info", "Job cancelled")
         elif action == "pause":
             if status not in ("running", "queued", "validating_files"):
-                raise Invalid(f"Job {job_id} is {status}; only a running or queued job can be paused")
+                raise BadRequest(f"Job {job_id} is {status}; only a running or queued job can be paused")
             if status == "running":
                 conn.execute("UPDATE jobs SET control = 'pause' WHERE id = ?", (job_id,))
             else:
@@ -233,7 +235,7 @@ def control(job_id: str, action: str) -> dict:
                 add_event(conn, job_id, "info", "Job paused")
         elif action == "resume":
             if status != "paused":
-                raise Invalid(f"Job {job_id} is {status}; only a paused job can be resumed")
+                raise BadRequest(f"Job {job_id} is {status}; only a paused job can be resumed")
             conn.execute("UPDATE jobs SET status = 'queued', control = NULL WHERE id = ?", (job_id,))
             add_event(conn, job_id, "info", "Job resumed")
         return get_job(job_id, conn)
