@@ -90,11 +90,11 @@ class Renderer:
                                       f"EOS ({self.tokenizer.eos_token!r}) after each trained turn so the model learns "
                                       "to stop, which the template's own render at inference does not have")]
         if end_token_id(self.tokenizer, marker) is None:
-            fix = "use the model's own template" if not self.template.from_model else "add it to the tokenizer"
+            fix = "" if self.template.from_model else " or use the model's own template"
             return [("end_marker_not_special", f"{where} ends assistant turns with {marker!r}, which is not a special "
                                                "token of this tokenizer: it is trained as plain text pieces, generation "
-                                               f"will not stop at it, and it can merge with the next header; add it as "
-                                               f"a special token or {fix}")]
+                                               f"will not stop at it, and it can merge with the next header; add it to "
+                                               f"the tokenizer as a special token{fix}")]
         return []
 
     # -- text and character spans -------------------------------------------------------------
