@@ -131,6 +131,12 @@ def test_bad_requests(server, tiny_model, tmp_path):
         c.fine_tuning.jobs.create(model=str(tiny_model), training_file=f.id, hyperparameters={"n_epochs": 0})
     status, body = http("POST", server + "/v1/fine_tuning/jobs", {"model": str(tiny_model)})
     assert status == 400 and body["error"]["param"] == "training_file"
+    # The tunery extension tunes the recipe but names no server path and no code.
+    for field, value in (("data", "/etc/passwd"), ("template", "/etc/passwd"), ("out", "/tmp/x"),
+                         ("eval_metric", "os:system")):
+        status, body = http("POST", server + "/v1/fine_tuning/jobs",
+                            {"model": str(tiny_model), "training_file": f.id, "tunery": {field: value}})
+        assert status == 400 and body["error"]["param"] == f"tunery.{field}", body
     with pytest.raises(openai.NotFoundError):
         c.fine_tuning.jobs.retrieve("ftjob-" + "1" * 24)
     with pytest.raises(openai.NotFoundError):

@@ -21,6 +21,7 @@ FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 JOB_ID = re.compile(r"^ftjob-[0-9a-f]{24}$")
 TERMINAL = ("succeeded", "failed", "cancelled")
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SERVER_ONLY = {"data", "val_data", "template", "out", "resume"}  # recipe fields naming server paths
 
 
 class NotFound(Exception):
@@ -147,6 +148,11 @@ def config_for(body: dict, job_id: str) -> TrainConfig:
     values = {"model": body["model"], "data": "(uploaded)", "method": "lora", "seed": body.get("seed") or 42}
     if body.get("suffix"):
         values["suffix"] = body["suffix"]
+    # The extension may tune the recipe, never point it at server paths or code: files come as
+    # uploaded ids, metrics by built-in name (full hardening of requests is issue [9]).
+    for key in sorted(extra):
+        if key in SERVER_ONLY or (key == "eval_metric" and ":" in str(extra[key])):
+            raise BadRequest(f"tunery.{key} cannot be set through the API", f"tunery.{key}")
     values.update(extra)
     for key, field in (("n_epochs", "epochs"), ("batch_size", "batch_size")):
         if hp.get(key) not in (None, "auto"):

@@ -150,7 +150,8 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
     # 4) loop -------------------------------------------------------------------------------------
     batch_of = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=accelerator.device, packed=packed,
                                  share_prefix=cfg.share_prefix)
-    stop_ids = stop_token_ids(tokenizer, load_template(tokenizer, cfg.template))
+    template = load_template(tokenizer, cfg.template)  # the one training renders with
+    stop_ids = stop_token_ids(tokenizer, template)
     bar = _progress(progress, total_steps, state["step"])
     started = time.perf_counter()
     step, stop = state["step"], False
@@ -236,7 +237,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
         ckpt.load_trainable(model, load_file(best / "trainable.safetensors"))
         shipped = state["best_step"]
     if cfg.template:  # inference must use the template training used: ship it with the weights
-        tokenizer.chat_template = load_template(tokenizer, cfg.template).source
+        tokenizer.chat_template = template.source
     export(model, tokenizer, run_dir, cfg.method)
     rows = read_metrics(run_dir)
     at_shipped = next((r for r in rows if r["step"] == shipped), {})
