@@ -126,8 +126,10 @@ def _tunery(side, meta, folder, args, train_rows, val_rows) -> dict:
                       precision=meta["precision"],
                       max_steps=args.steps, batch_size=args.batch_size, lr=2e-4, warmup=0, val_split=0,
                       eval_every=None, save_every=None, max_length=args.max_length, share_prefix=side == "tunery")
-    loop.load_data = lambda cfg, tok: (train_rows, [], {"data": {"file": "(prepared)", "sha256": "-", "examples": len(
-        train_rows), "used": len(train_rows), "format": "prepared"}})
+    from tunery.run_folder import DataRecord
+
+    loop.load_data = lambda cfg, tok: (train_rows, [], DataRecord(file="(prepared)", sha256="-", examples=len(train_rows),
+                                                                  used=len(train_rows), format="chat"), None)
     # The prepared rows are already in step order: make epoch 0's order the identity.
     loop.step_groups = lambda ex, seed, epoch, bs, ga, *_: (
         [ex[i: i + bs]] for i in range(0, len(ex), bs * ga))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tunery.data import Example
-from tunery.training.batches import step_groups, steps_per_epoch
+from tunery.config import steps_per_epoch
+from tunery.training.batches import step_groups
 
 
 def _examples(n=300, seed=0):

@@ -116,9 +116,9 @@ def test_generation_metric_during_training_picks_best(tiny_model, tmp_path):
     scored = {r["step"]: r["eval_exact"] for r in run.metrics if "eval_exact" in r}
     assert sorted(scored) == [5, 10, 15, 20, 25, 30]
     assert scored[30] == 1.0 and scored[5] < 1.0, scored
-    best = run.info["final"]["best_step"]
-    assert scored[best] == max(scored.values()) and run.info["final"]["eval_exact"] == 1.0
-    assert run.info["final"]["shipped_step"] == best
+    best = run.info.final.best_step
+    assert scored[best] == max(scored.values()) and run.info.final.eval_exact == 1.0
+    assert run.info.final.shipped_step == best
 
 
 def test_best_by_metric_needs_generation(tiny_model, tmp_path):

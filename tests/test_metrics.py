@@ -3,7 +3,7 @@
 import pytest
 
 from tunery.errors import ConfigError
-from tunery.evaluate.metrics import BUILTIN, resolve_metrics
+from tunery.metrics import BUILTIN, resolve_metrics
 
 M = BUILTIN
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tunery.errors import ModelNotFound, TuneryError
-from tunery.home import atomic_dir
+from tunery.files import atomic_dir, file_digest
 from tunery.models import gguf_import, load_model, load_tokenizer, resolve_model
-from tunery.models.gguf_import import COMPLETE, file_digest
+from tunery.models.gguf_import import COMPLETE
 
 
 def models_dir() -> Path:

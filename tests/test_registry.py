@@ -46,11 +46,11 @@ def lab(tiny_model, tmp_path_factory):
         from tunery.evaluate.evaluator import evaluate_model
         from tunery.registry import recorder
 
-        result = evaluate_model(run.info["name"], files["test"], ["exact"], max_new_tokens=16)
+        result = evaluate_model(run.info.name, files["test"], ["exact"], max_new_tokens=16)
         assert result["metrics"]["exact"] == 1.0, "the fixture model learned its answer"
-        recorder.record_eval(run.info["id"], "eval", files["test"], result,
+        recorder.record_eval(run.info.id, "eval", files["test"], result,
                              {"metrics": ["exact"], "options": {}, "max_new_tokens": 16, "limit": None})
-    return {"home": home, "run": run, "name": run.info["name"], "folder": folder, **files}
+    return {"home": home, "run": run, "name": run.info.name, "folder": folder, **files}
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def quick(tiny_model, data, out, **kw):
 def test_training_is_recorded(at_lab, tiny_model):
     run, name = at_lab["run"], at_lab["name"]
     assert name.startswith("ft:") and name.split(":")[1:3] == [Path(tiny_model).name, "blue"]
-    assert name.split(":")[3] == run.info["id"][:8]
+    assert name.split(":")[3] == run.info.id[:8]
     assert json.loads((run.dir / "run.json").read_text())["name"] == name  # the run folder knows its name
     assert f"`{name}`" in (run.dir / "README.md").read_text()
 
@@ -97,7 +97,7 @@ def test_training_is_recorded(at_lab, tiny_model):
     assert train_data["used"] == 43 and len(train_data["sha256"]) == 64
     assert row["data"]["val"]["split"] == 0.1 and row["data"]["val"]["used"] == 5
     assert row["config"]["lr"] == 3e-2 and row["config"]["max_steps"] == 40 and row["config"]["suffix"] == "blue"
-    assert row["metrics"]["val_loss"] == pytest.approx(run.info["final"]["val_loss"])
+    assert row["metrics"]["val_loss"] == pytest.approx(run.info.final.val_loss)
     assert {"tunery", "torch", "transformers", "peft"} <= row["versions"].keys()
     assert row["run_dir"] == str(run.dir.resolve()) and row["artifact"] == "adapter"
     assert row["created"] <= row["finished"] and row["derived_from"] is None
@@ -149,7 +149,7 @@ def test_retrain_on_new_base_passes_the_gate_and_records_lineage(at_lab, base2):
 
     lin = json.loads(cli("lineage", new, "--json", home=home).stdout)
     assert [a["name"] for a in lin["ancestors"]] == [old]
-    assert lin["model"]["derived_from"] == at_lab["run"].info["id"]
+    assert lin["model"]["derived_from"] == at_lab["run"].info.id
     lin = json.loads(cli("lineage", old, "--json", home=home).stdout)
     assert new in [d["name"] for d in lin["descendants"]]
     text = cli("lineage", old, home=home).stdout
@@ -181,7 +181,7 @@ def test_retrain_gate_fails_on_a_regression(at_lab, tiny_model):
     assert "exact worse by 1.0000" in err and "--max-regression 0.05" in err
     with connect() as conn:
         new = store.find(conn, str(at_lab["folder"] / "runs" / "fail"))
-        assert new["derived_from"] == at_lab["run"].info["id"] and new["status"] == "completed"
+        assert new["derived_from"] == at_lab["run"].info.id and new["status"] == "completed"
         assert new["data"]["train"]["file"] == str(at_lab["red"].resolve())
         d = diff(conn, store.get(conn, old), new)
     assert d["data"]["train.file"] == [str(at_lab["train"].resolve()), str(at_lab["red"].resolve())]
@@ -226,15 +226,15 @@ def test_stale_when_base_content_changes_under_the_same_reference(tiny_model, tm
     w[key] = w[key] + 0.01 * torch.ones_like(w[key])
     save_file(w, weights, metadata={"format": "pt"})  # re-saved in place: same path, new content
     stale = json.loads(cli("models", "list", "--stale", "--json", home=home).stdout)
-    assert [r["name"] for r in stale] == [on_copy.info["name"]]
+    assert [r["name"] for r in stale] == [on_copy.info.name]
     assert stale[0]["stale_reason"] == "base weights changed"
-    assert on_other.info["name"] not in cli("models", "list", "--stale", home=home).stdout
+    assert on_other.info.name not in cli("models", "list", "--stale", home=home).stdout
 
     fresh = quick(base, data, tmp_path / "r3")  # trained on the new content: not stale
     stale = json.loads(cli("models", "list", "--stale", "--json", home=home).stdout)
-    assert [r["name"] for r in stale] == [on_copy.info["name"]]
+    assert [r["name"] for r in stale] == [on_copy.info.name]
     with connect() as conn:
-        assert store.get(conn, fresh.info["name"])["base_weights_sha256"] != stale[0]["base_weights_sha256"]
+        assert store.get(conn, fresh.info.name)["base_weights_sha256"] != stale[0]["base_weights_sha256"]
 
 
 # -- failures, resume, removal, missing files ---------------------------------------------------
@@ -259,58 +259,58 @@ def test_failed_run_is_marked_and_resume_keeps_the_name(tiny_model, tmp_path, mo
                          batch_size=8, val_split=0.25, resume=True), progress=False)
     with connect() as conn:
         (row,) = store.list_models(conn)
-    assert row["name"] == resumed.info["name"] and row["status"] == "completed" and row["error"] is None
+    assert row["name"] == resumed.info.name and row["status"] == "completed" and row["error"] is None
 
 
 def test_remove_and_missing_files(tiny_model, tmp_path):
     home = os.environ["TUNERY_HOME"]
     data = write_jsonl(tmp_path / "d.jsonl", rows("x", 8))
     keep, gone, doomed = (quick(tiny_model, data, tmp_path / n) for n in ("keep", "gone", "doomed"))
-    child = quick(tiny_model, data, tmp_path / "child", derived_from=doomed.info["id"])
+    child = quick(tiny_model, data, tmp_path / "child", derived_from=doomed.info.id)
     with connect() as conn:  # no recorded eval: the plan falls back to the validation split
-        from tunery.registry.lifecycle import plan_eval
+        from tunery.workflows.lifecycle import plan_eval
 
-        plan = plan_eval(conn, store.get(conn, keep.info["name"]))
+        plan = plan_eval(conn, store.get(conn, keep.info.name))
     assert plan.data == keep.dir.resolve() / "eval-set.jsonl" and "validation split" in plan.source
     assert len(plan.data.read_text().splitlines()) == 2  # 25% of 8
 
     shutil.rmtree(gone.dir / "adapter")  # files vanished behind the registry's back
     listed = {r["name"]: r["files"] for r in json.loads(cli("models", "list", "--json", home=home).stdout)}
-    assert listed == {keep.info["name"]: "ok", gone.info["name"]: "missing", doomed.info["name"]: "ok",
-                      child.info["name"]: "ok"}
+    assert listed == {keep.info.name: "ok", gone.info.name: "missing", doomed.info.name: "ok",
+                      child.info.name: "ok"}
     assert "missing" in cli("models", "list", home=home).stdout
-    shown = cli("models", "show", gone.info["name"], home=home)
+    shown = cli("models", "show", gone.info.name, home=home)
     assert shown.returncode == 0 and "(missing)" in shown.stdout
-    assert "adapter is missing" in one_line_error(cli("generate", gone.info["name"], "--prompt", "hi", home=home))
+    assert "adapter is missing" in one_line_error(cli("generate", gone.info.name, "--prompt", "hi", home=home))
 
-    out = cli("models", "rm", doomed.info["name"], home=home)  # no --yes, no terminal: nothing removed
+    out = cli("models", "rm", doomed.info.name, home=home)  # no --yes, no terminal: nothing removed
     assert out.returncode == 1 and doomed.dir.is_dir()
-    out = cli("models", "rm", doomed.info["name"], "--yes", home=home)
+    out = cli("models", "rm", doomed.info.name, "--yes", home=home)
     assert out.returncode == 0, out.stderr
     assert not doomed.dir.exists() and not list(tmp_path.glob(".tunery-removed-*"))
-    assert "not in the registry" in one_line_error(cli("models", "show", doomed.info["name"], home=home))
-    lin = json.loads(cli("lineage", child.info["name"], "--json", home=home).stdout)
-    assert lin["ancestors"] == [{"id": doomed.info["id"], "name": None, "status": None, "base_ref": None,
+    assert "not in the registry" in one_line_error(cli("models", "show", doomed.info.name, home=home))
+    lin = json.loads(cli("lineage", child.info.name, "--json", home=home).stdout)
+    assert lin["ancestors"] == [{"id": doomed.info.id, "name": None, "status": None, "base_ref": None,
                                  "derived_from": None, "created": None, "removed": True}]
-    assert "(removed)" in cli("lineage", child.info["name"], home=home).stdout
+    assert "(removed)" in cli("lineage", child.info.name, home=home).stdout
 
     (keep.dir / "notes.txt").write_text("mine")  # a folder holding the user's own files is never deleted
-    assert "did not write" in one_line_error(cli("models", "rm", keep.info["name"], "--yes", home=home))
+    assert "did not write" in one_line_error(cli("models", "rm", keep.info.name, "--yes", home=home))
     assert (keep.dir / "adapter").is_dir()
-    assert cli("models", "rm", gone.info["name"], "-y", home=home).returncode == 0
+    assert cli("models", "rm", gone.info.name, "-y", home=home).returncode == 0
 
     first = quick(tiny_model, data, tmp_path / "reused")
     shutil.rmtree(first.dir)
     second = quick(tiny_model, data, tmp_path / "reused")  # the same folder, another model
     listed = {r["name"]: r["files"] for r in json.loads(cli("models", "list", "--json", home=home).stdout)}
-    assert listed[first.info["name"]] == "replaced" and listed[second.info["name"]] == "ok"
+    assert listed[first.info.name] == "replaced" and listed[second.info.name] == "ok"
     with pytest.raises(ModelNotFound, match="another run has since been written"):
-        resolve_model(first.info["name"])
-    assert cli("models", "rm", first.info["name"], "--yes", home=home).returncode == 0
+        resolve_model(first.info.name)
+    assert cli("models", "rm", first.info.name, "--yes", home=home).returncode == 0
     assert (second.dir / "adapter").is_dir(), "removing the old row left the new model's folder alone"
-    assert cli("models", "rm", second.info["name"], "--yes", home=home).returncode == 0 and not second.dir.exists()
+    assert cli("models", "rm", second.info.name, "--yes", home=home).returncode == 0 and not second.dir.exists()
     assert [r["name"] for r in json.loads(cli("models", "list", "--json", home=home).stdout)] == [
-        keep.info["name"], child.info["name"]]
+        keep.info.name, child.info.name]
 
 
 # -- the database itself ------------------------------------------------------------------------
@@ -360,6 +360,7 @@ WRITER = textwrap.dedent("""
     from pathlib import Path
     from tunery.models import ResolvedModel
     from tunery.registry import recorder
+    from tunery.run_folder import BaseRecord, DataRecord, FinalRecord, RunInfo
 
     base, runs, go, worker, n = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
     while not go.exists():
@@ -368,13 +369,17 @@ WRITER = textwrap.dedent("""
     for i in range(n):
         run = runs / f"w{worker}-{i}"
         run.mkdir(parents=True)
-        info = {"started": f"2025-01-01T00:00:{i:02d}+00:00", "artifact": "adapter", "val": None,
-                "data": {"file": f"/data/{worker}.jsonl", "sha256": "0" * 64, "examples": 10, "used": 10}}
+        info = RunInfo(started=f"2025-01-01T00:00:{i:02d}+00:00", artifact="adapter", method="lora",
+                       base=BaseRecord(reference=str(base), name="fake", path=str(base), source="folder"),
+                       data=DataRecord(file=f"/data/{worker}.jsonl", sha256="0" * 64, examples=10, used=10),
+                       parameters={"trainable": 1, "total": 2})
         resolved = {"model": str(base), "data": f"/data/{worker}.jsonl", "method": "lora", "seed": i}
-        info |= recorder.started(run, resolved, info, resolved_base)
-        info |= {"final": {"val_loss": float(i)}, "finished": "2025-01-01T00:01:00+00:00"}
+        info.id, info.name = recorder.started(run, resolved, info, resolved_base)
+        info.final = FinalRecord(steps=1, shipped_step=1, trained_tokens=1, val_loss=float(i), best_by="val_loss",
+                                 seconds=1.0)
+        info.finished = "2025-01-01T00:01:00+00:00"
         recorder.finished(info)
-        recorder.record_eval(info["id"], "eval", base / "config.json", {"examples": [0, 1], "metrics": {"exact": i / n}},
+        recorder.record_eval(info.id, "eval", base / "config.json", {"examples": [0, 1], "metrics": {"exact": i / n}},
                              {"metrics": ["exact"]})
 """)
 

@@ -17,7 +17,7 @@ from conftest import write_jsonl
 from tunery.config import TrainConfig
 from tunery.errors import ConfigError, DataError
 from tunery.training import train
-from tunery.training.checkpoint import complete_checkpoints
+from tunery.run_folder import RunFolder
 
 TUNERY = str(Path(sys.executable).parent / "tunery")
 
@@ -90,11 +90,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model, toy_data, tmp_pat
     proc = subprocess.Popen(_train_cmd(tiny_model, toy_data, killed), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not any(int(p.name[5:]) >= 6 for p in complete_checkpoints(killed)):
+    while time.time() < deadline and not any(step >= 6 for step, _ in RunFolder(killed).checkpoints()):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert complete_checkpoints(killed), "the run was killed before its first checkpoint"
+    assert RunFolder(killed).checkpoints(), "the run was killed before its first checkpoint"
     assert not (killed / "adapter").exists(), "the run finished before it could be killed"
     listed = subprocess.run([TUNERY, "models", "list", "--json"], env=env, capture_output=True, text=True)
     status = {m["run_dir"]: m["status"] for m in json.loads(listed.stdout)}
@@ -127,7 +127,7 @@ def test_resume_ignores_incomplete_checkpoint(tiny_model, toy_data, tmp_path):
     fake = run.dir / "checkpoints" / "step-99"
     fake.mkdir()
     (fake / "state.json").write_text("{}")  # no COMPLETE marker: a crash mid-write
-    assert [p.name for p in complete_checkpoints(run.dir)] == ["step-2", "step-4"]
+    assert [p.name for _, p in RunFolder(run.dir).checkpoints()] == ["step-2", "step-4"]
     resumed = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=6, save_every=2, resume=True), progress=False)
     assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6]
 
@@ -191,11 +191,11 @@ def test_early_stopping_keeps_best(tiny_model, toy_data, tmp_path):
     # A learning rate far too high makes validation loss climb after the first evaluations.
     run = train(cfg(tiny_model, toy_data, tmp_path / "es", method="full", lr=0.9, max_steps=40, eval_every=2,
                     early_stopping=2, warmup=0), progress=False)
-    final = run.info["final"]
-    assert final["steps"] < 40
+    final = run.info.final
+    assert final.steps < 40
     vals = {r["step"]: r["val_loss"] for r in run.metrics if "val_loss" in r}
-    assert final["shipped_step"] == min(vals, key=vals.get) == final["best_step"]
-    assert (run.dir / "checkpoints" / f"step-{final['best_step']}").is_dir()
+    assert final.shipped_step == min(vals, key=vals.get) == final.best_step
+    assert RunFolder(run.dir).checkpoint_dir(final.best_step).is_dir()
 
 
 def test_cli_yaml_with_flag_override(tiny_model, toy_data, tmp_path):

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DataConfig": "config", "TrainConfig": "config", "TuneryError": "errors", "check_dataset": "data",
     "Generator": "generation", "generate": "generation", "merge_run": "export", "resolve_model": "models",
-    "Run": "training", "train": "training", "retrain": "registry", "reeval": "registry",
+    "Run": "training", "train": "training", "retrain": "workflows", "reeval": "workflows",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

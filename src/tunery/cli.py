@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .errors import TuneryError
+from .errors import TuneryError, validated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models on your own examples, prove what changed, serve them.")
@@ -54,7 +54,7 @@ def data_check(
     from .data.doctor import check_dataset, render_example
     from .models import load_tokenizer
 
-    cfg = _validated(DataConfig, model=model, max_length=max_length, overlong=overlong, mask=mask,
+    cfg = validated(DataConfig, model=model, max_length=max_length, overlong=overlong, mask=mask,
                      format=format, template=template)
     tokenizer = load_tokenizer(cfg.model)
     report = check_dataset(file, cfg, tokenizer=tokenizer)
@@ -72,17 +72,6 @@ def data_check(
         if example:
             print_example(show, *example, _console())
     raise typer.Exit(0 if report["ok"] else 1)
-
-
-def _validated(model_cls, **values):
-    from pydantic import ValidationError
-
-    from .errors import config_error
-
-    try:
-        return model_cls(**values)
-    except ValidationError as exc:
-        raise config_error(exc) from None
 
 
 @app.command()
@@ -151,7 +140,7 @@ def eval_(
 ):
     """Loss, perplexity and generation metrics of one model on a dataset."""
     from .evaluate.evaluator import evaluate_model
-    from .evaluate.metrics import resolve_metrics
+    from .metrics import resolve_metrics
     from .registry import recorder
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
@@ -195,11 +184,11 @@ def compare(
 ):
     """Base vs prompt-only baseline vs fine-tune: quality, prompt tokens and latency."""
     from .evaluate.compare import compare as run_compare
-    from .evaluate.metrics import resolve_metrics
+    from .metrics import resolve_metrics
     from .evaluate.report import print_comparison, write_report
     from .models import resolve_model
     from .registry import recorder
-    from .training.run_dir import read_metrics
+    from .run_folder import RunFolder
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     resolve_metrics(names)
@@ -211,8 +200,9 @@ def compare(
     recorder.record_eval(registered, "compare", data, result["contestants"]["tuned"],
                          _eval_params(names, options, max_new_tokens, limit))
     run = resolve_model(tuned).run
-    out = report_dir or ((run / "report") if run else Path("report"))
-    json_path, html_path = write_report(result, out, read_metrics(run) if run else [])
+    folder = RunFolder(run) if run else None
+    out = report_dir or (folder.report_dir if folder else Path("report"))
+    json_path, html_path = write_report(result, out, folder.read_metrics() if folder else [])
     if as_json:
         print(json.dumps(result))
         return
@@ -232,7 +222,9 @@ def _train(config: Optional[str] = None, **flags):
 
     flags = {k: v for k, v in flags.items() if v is not None}
     if flags.get("resume") and not config and flags.get("out"):
-        saved = Path(flags["out"]) / "config.yaml"  # resume with the recipe the run was started with
+        from .run_folder import RunFolder
+
+        saved = RunFolder(flags["out"]).config_file  # resume with the recipe the run was started with
         config = str(saved) if saved.is_file() else None
     train(load_train_config(config, **flags))
 

@@ -1,5 +1,5 @@
 """The registry commands: `tunery models list|show|rm|diff`, `lineage`, `retrain`, `reeval`.
-Thin like cli.py: parse, call tunery.registry, print."""
+Thin like cli.py: parse, call tunery.registry and tunery.workflows, print."""
 
 import json
 from pathlib import Path
@@ -32,7 +32,8 @@ def models_list(
     as_json: bool = _JSON,
 ):
     """Every recorded fine-tune, oldest first; files whose folder vanished show as missing."""
-    from .registry import stale as staleness, store
+    from .registry import store
+    from .workflows import stale as staleness
     from .registry.db import connect
     from .registry.report import print_list, public
 
@@ -142,7 +143,7 @@ def retrain(
     as_json: bool = _JSON,
 ):
     """Re-run a model's recorded recipe on a new base, evaluate old and new the same way, gate on regressions."""
-    from .registry import retrain as run
+    from .workflows import retrain as run
 
     result = run(name, base, data=str(data) if data else None, eval_file=str(eval_file) if eval_file else None,
                  metrics=_split(metrics), max_regression=max_regression, out=str(out) if out else None,
@@ -161,7 +162,7 @@ def reeval(
     as_json: bool = _JSON,
 ):
     """Re-run the recorded evaluation (optionally on a new base) to tell whether a retrain is needed."""
-    from .registry import reeval as run
+    from .workflows import reeval as run
 
     result = run(name, base=base, eval_file=str(eval_file) if eval_file else None, metrics=_split(metrics),
                  max_regression=max_regression, max_new_tokens=max_new_tokens, batch_size=batch_size)

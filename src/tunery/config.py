@@ -1,7 +1,8 @@
 """The typed recipe: one definition feeds CLI flags, YAML files, the Python API and the jobs API.
 
-Each field's description is its help text. Values given as the string "auto" are resolved by
-the functions at the bottom, and the resolved config is what gets saved beside every output.
+Each field's description is its help text. Values given as the string "auto" are resolved once,
+by `TrainConfig.resolve`, when the training data has been counted; the resolved config is what
+the loop runs, what config.yaml and the registry record, and what the jobs API reports.
 """
 
 import math
@@ -38,6 +39,10 @@ def suggest_epochs(n_examples: int) -> int:
     if n_examples * 3 > 25000:
         return max(1, 25000 // n_examples)
     return 3
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
+    return math.ceil(n_examples / (batch_size * grad_accum))
 
 
 Method = Literal["full", "lora", "dora", "qlora"]
@@ -89,6 +94,29 @@ class TrainConfig(DataConfig):
         None, pattern=r"^[A-Za-z0-9._-]{1,40}$",
         description="Part of the registry name ft:<base>:<suffix>:<id>; default: the data file's name")
     derived_from: str | None = Field(None, description="Registry id of the model this run re-trains (set by tunery retrain)")
+
+    def resolve(self, n_examples: int, n_val: int, *, precision: Literal["fp32", "bf16"], format: str) -> "TrainConfig":
+        """This recipe with every auto value replaced by what a run on `n_examples` training (and
+        `n_val` validation) examples uses: epochs, max_steps (the total), lr, eval_every (None
+        without validation data), save_every, the precision measured for this machine, the
+        detected data format and the run folder."""
+        from .run_folder import RunFolder
+
+        per_epoch = steps_per_epoch(n_examples, self.batch_size, self.grad_accum)
+        epochs = suggest_epochs(n_examples) if self.epochs == "auto" else self.epochs
+        total = self.max_steps or per_epoch * epochs
+        eval_every = max(1, total // 10) if self.eval_every == "auto" else self.eval_every
+        return self.model_copy(update={
+            "epochs": math.ceil(total / per_epoch), "max_steps": total,
+            "lr": AUTO_LR[self.method] if self.lr == "auto" else self.lr,
+            "eval_every": eval_every if n_val else None, "save_every": eval_every if self.save_every == "auto" else self.save_every,
+            "precision": precision, "format": format, "resume": False,
+            "out": self.out or str(RunFolder.default(self.data, self.method).path),
+        })
+
+    @property
+    def is_resolved(self) -> bool:
+        return "auto" not in (self.epochs, self.lr, self.eval_every, self.save_every, self.precision, self.format)
 
     @field_validator("target_modules", mode="before")
     @classmethod

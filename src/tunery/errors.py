@@ -1,4 +1,9 @@
-"""Errors a user can act on. The CLI prints them as one line and exits non-zero, no traceback."""
+"""Errors a user can act on, and the one place a validation error becomes one.
+
+The CLI prints a TuneryError as one line and exits with its `exit_code`, no traceback; the server
+answers it with the HTTP status serve/errors.py maps its class to. `field` names the input at
+fault when there is one (a config field, a request parameter), dotted for nested fields.
+"""
 
 
 class TuneryError(Exception):
@@ -6,8 +11,16 @@ class TuneryError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
-class ModelNotFound(TuneryError):
+
+class NotFound(TuneryError):
+    """Something a command or request named does not exist (an uploaded file, a job)."""
+
+
+class ModelNotFound(NotFound):
     pass
 
 
@@ -20,13 +33,25 @@ class TemplateError(TuneryError):
 
 
 class ConfigError(TuneryError):
-    """A bad recipe or option value; `field` names it (dotted for nested fields)."""
+    """A bad recipe, option or request value."""
 
     exit_code = 2
 
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
+
+class StateError(TuneryError):
+    """The action does not fit the current state of what it acts on (cancel a finished job)."""
+
+
+class TooLarge(TuneryError):
+    """An input beyond a configured size limit (an upload)."""
+
+
+class RegistryError(TuneryError):
+    """The model registry (TUNERY_HOME/registry.db) is unreadable, busy or lacks a model."""
+
+
+class RegressionError(TuneryError):
+    """A retrained or re-evaluated model scored worse than allowed (a CI gate failing on purpose)."""
 
 
 def config_error(exc, source: str = "") -> ConfigError:
@@ -37,9 +62,11 @@ def config_error(exc, source: str = "") -> ConfigError:
     return ConfigError(f"{source}{field}: {msg} (got {err.get('input')!r})", field=field)
 
 
-class RegistryError(TuneryError):
-    """The model registry (TUNERY_HOME/registry.db) is unreadable, busy or lacks a model."""
+def validated(model_cls, source: str = "", **values):
+    """`model_cls(**values)`, a pydantic ValidationError raised as the one-line ConfigError."""
+    from pydantic import ValidationError
 
-
-class RegressionError(TuneryError):
-    """A retrained or re-evaluated model scored worse than allowed (a CI gate failing on purpose)."""
+    try:
+        return model_cls(**values)
+    except ValidationError as exc:
+        raise config_error(exc, source) from None

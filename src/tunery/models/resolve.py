@@ -15,7 +15,9 @@ from pathlib import Path
 
 from ..errors import ModelNotFound
 from ..home import tunery_home
-from .gguf_import import default_gguf_path, file_digest, import_gguf
+from ..files import file_digest
+from ..run_folder import RunFolder
+from .gguf_import import default_gguf_path, import_gguf
 
 DEFAULT_NAME = "smollm2-135m-instruct"
 DEFAULT_ALIASES = ("default", DEFAULT_NAME)
@@ -47,8 +49,8 @@ def resolve_model(reference: str) -> ResolvedModel:
         return ResolvedModel(ref, DEFAULT_NAME, import_gguf(default_gguf_path(), dest), "default")
 
     path = Path(ref).expanduser()
-    if path.is_dir() and (path / "run.json").is_file():
-        return _resolve_run(ref, path.resolve())
+    if path.is_dir() and RunFolder(path).is_run():
+        return _resolve_run(ref, RunFolder(path.resolve()))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFound(
@@ -87,15 +89,13 @@ def _hf_cache_folder(repo_id: str) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def _resolve_run(ref: str, run: Path) -> ResolvedModel:
-    import yaml
-
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    if (run / "model" / "config.json").is_file():
-        return ResolvedModel(ref, run.name, run / "model", "run", run=run)
-    if (run / "adapter" / "adapter_config.json").is_file():
-        base = resolve_model(config["model"])
-        return ResolvedModel(ref, run.name, base.path, "run", adapter=run / "adapter", run=run)
+def _resolve_run(ref: str, folder: RunFolder) -> ResolvedModel:
+    run = folder.path
+    if folder.model_dir is not None:
+        return ResolvedModel(ref, run.name, folder.model_dir, "run", run=run)
+    if folder.adapter_dir is not None:
+        base = resolve_model(folder.read_config()["model"])
+        return ResolvedModel(ref, run.name, base.path, "run", adapter=folder.adapter_dir, run=run)
     raise ModelNotFound(f"run {run} has no finished weights yet (no adapter/ or model/): "
                         "resume it with `tunery train --out RUN --resume`")
 
@@ -117,7 +117,7 @@ def _resolve_registered(ref: str, required: bool) -> ResolvedModel | None:
     if row is None:
         return None
     run = Path(row["run_dir"])
-    artifact = run / row["artifact"]
+    artifact = RunFolder(run).artifact(row["artifact"])
     if row["files"] == "replaced":
         raise ModelNotFound(f"{row['name']} has no weights: another run has since been written to {run}")
     if not artifact.is_dir():

@@ -1,15 +1,16 @@
-"""The model registry: every fine-tune is a versioned model with lineage, in TUNERY_HOME/registry.db.
+"""The model registry's storage: every fine-tune is a versioned model with lineage, in
+TUNERY_HOME/registry.db. This floor sits below models/ (which resolves ft: names through it) and
+imports nothing above itself; re-running a recipe lives upstairs, in tunery.workflows.
 
     db.py         connection (WAL, busy timeout, explicit transactions) and schema migrations
     hashing.py    content hashes of base weights and of tokenizer + chat template, cached
     store.py      recording runs and evaluations, lookups, lineage, removal
+    jobs.py       the server's uploaded files, fine-tuning jobs and their events
     recorder.py   the training loop's and `tunery eval`'s hooks
-    stale.py      fine-tunes whose base reference now holds different content
     diff.py       what differs between two models
-    lifecycle.py  retrain on a new base, re-evaluate, regression gate
+    report.py     the registry commands' terminal output
 """
 
 from .db import connect, db_path
-from .lifecycle import reeval, retrain
 
-__all__ = ["connect", "db_path", "reeval", "retrain"]
+__all__ = ["connect", "db_path"]

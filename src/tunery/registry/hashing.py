@@ -11,7 +11,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ..models.gguf_import import file_digest
+from ..files import file_digest
 from .db import transaction
 
 WEIGHT_PATTERNS = ("config.json", "*.safetensors")

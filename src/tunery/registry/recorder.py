@@ -1,11 +1,14 @@
-"""The training loop's three touch points with the registry: started, finished, and (through
-`tracking`) failed or interrupted. Kept here so the loop itself stays about training."""
+"""The registry's touch points for a training run (started, finished, and through `tracking`
+failed or interrupted) and for `tunery eval` / `compare` (a model's recorded results). Kept here
+so the loop itself stays about training."""
 
 import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
+from ..files import now
+from ..run_folder import RunFolder, RunInfo
 from . import store
 from .db import connect
 
@@ -13,16 +16,16 @@ _current: ContextVar[dict | None] = ContextVar("tunery_registry_run", default=No
 
 
 @contextmanager
-def tracking():
-    """Around one training run: if it raises after being recorded, its row says so."""
+def tracking(interrupted: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
+    """Around one training run: if it raises after being recorded, its row says so: `interrupted`
+    for the exception types given (a user's Ctrl-C, a pause or cancel), `failed` for any other."""
     holder: dict = {}
     token = _current.set(holder)
     try:
         yield
     except BaseException as exc:
         if holder.get("id"):
-            stopped = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TrainingStopped"
-            status = "interrupted" if stopped else "failed"
+            status = "interrupted" if isinstance(exc, interrupted) else "failed"
             _mark_failed(holder["id"], status, f"{type(exc).__name__}: {exc}".strip().splitlines()[0])
         raise
     finally:
@@ -30,8 +33,6 @@ def tracking():
 
 
 def _mark_failed(model_id: str, status: str, error: str) -> None:
-    from ..training.run_dir import now
-
     try:
         with connect() as conn:
             store.record_failure(conn, model_id, status, error, now())
@@ -39,19 +40,19 @@ def _mark_failed(model_id: str, status: str, error: str) -> None:
         pass
 
 
-def started(run_dir: Path, resolved: dict, info: dict, base) -> dict:
-    """Record the run as it starts; returns {"id", "name"} for run.json."""
+def started(run_dir: Path, resolved: dict, info: RunInfo, base) -> tuple[str, str]:
+    """Record the run as it starts; returns its registry (id, name) for run.json."""
     with connect() as conn:
-        rec = store.record_start(conn, run_dir, resolved, info, base)
+        model_id, name = store.record_start(conn, run_dir, resolved, info, base)
     holder = _current.get()
     if holder is not None:
-        holder["id"] = rec["id"]
-    return rec
+        holder["id"] = model_id
+    return model_id, name
 
 
-def finished(info: dict) -> None:
+def finished(info: RunInfo) -> None:
     with connect() as conn:
-        store.record_finish(conn, info["id"], info)
+        store.record_finish(conn, info)
     holder = _current.get()
     if holder is not None:
         holder.pop("id", None)  # an error after this point does not un-finish the run
@@ -63,7 +64,7 @@ def registered_id(model_ref: str) -> str | None:
     is reported before any compute."""
     ref = str(model_ref).strip()
     path = Path(ref).expanduser()
-    is_run = path.is_dir() and (path / "run.json").is_file()
+    is_run = path.is_dir() and RunFolder(path).is_run()
     if not (ref.startswith("ft:") or is_run or (re.fullmatch(r"[0-9a-f]{8,32}", ref) and not path.exists())):
         return None  # a base model: not recorded
     with connect(create=False) as conn:

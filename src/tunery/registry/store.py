@@ -13,13 +13,12 @@ import uuid
 from pathlib import Path
 
 from ..errors import RegistryError
+from ..files import file_digest, now
+from ..run_folder import RunFolder, RunInfo
 from .db import db_path, transaction
 from .hashing import tokenizer_hash, weights_hash
 
 JSON_COLUMNS = ("config", "data", "versions", "metrics")
-# What a run folder holds (training, compare reports, retrain's eval set): only these are deleted.
-RUN_ENTRIES = {"config.yaml", "run.json", "metrics.jsonl", "checkpoints", "adapter", "model", "README.md", "report",
-               "eval-set.jsonl"}
 
 
 def slug(text: str) -> str:
@@ -54,22 +53,22 @@ def base_locator(reference: str, base) -> str:
 
 # -- training runs ------------------------------------------------------------------------------
 
-def record_start(conn, run_dir: Path, resolved: dict, info: dict, base) -> dict:
-    """Insert the run (or, on resume, mark its row running again). Returns {"id", "name"}."""
+def record_start(conn, run_dir: Path, resolved: dict, info: RunInfo, base) -> tuple[str, str]:
+    """Insert the run (or, on resume, mark its row running again). Returns (id, name) for run.json."""
     run_dir = Path(run_dir).resolve()
     w_hash = weights_hash(conn, base.path, base.adapter)  # before the transaction: hashing can take seconds
     t_hash = tokenizer_hash(conn, base.tokenizer_path, resolved.get("template"))
-    model_id = info.get("id") or uuid.uuid4().hex
+    model_id = info.id or uuid.uuid4().hex
     suffix = slug(resolved.get("suffix") or Path(resolved["data"]).stem)
-    name = info.get("name") or model_name(base.name, suffix, model_id)
-    val = {k: v for k, v in (info.get("val") or {}).items() if k != "lines"} or None  # lines stay in run.json
+    name = info.name or model_name(base.name, suffix, model_id)
+    data = {"train": info.data.public(), "val": info.val.public() if info.val else None}
     values = {
         "name": name, "suffix": suffix, "status": "running", "method": resolved["method"],
         "base_ref": base_locator(resolved["model"], base), "base_name": base.name, "base_path": str(base.path),
         "base_source": base.source, "base_weights_sha256": w_hash, "base_tokenizer_sha256": t_hash,
-        "config": json.dumps(resolved | {"suffix": suffix}, default=str), "data": json.dumps({"train": info.get("data"), "val": val}),
-        "versions": json.dumps(versions()), "run_dir": str(run_dir), "artifact": info["artifact"],
-        "derived_from": resolved.get("derived_from"), "pid": os.getpid(), "created": info["started"],
+        "config": json.dumps(resolved | {"suffix": suffix}, default=str), "data": json.dumps(data),
+        "versions": json.dumps(versions()), "run_dir": str(run_dir), "artifact": info.artifact,
+        "derived_from": resolved.get("derived_from"), "pid": os.getpid(), "created": info.started,
     }
     with transaction(conn):
         if conn.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone():
@@ -79,13 +78,13 @@ def record_start(conn, run_dir: Path, resolved: dict, info: dict, base) -> dict:
         else:
             conn.execute(f"INSERT INTO models (id, {', '.join(values)}) VALUES (:id, {', '.join(':' + k for k in values)})",
                          values | {"id": model_id})
-    return {"id": model_id, "name": name}
+    return model_id, name
 
 
-def record_finish(conn, model_id: str, info: dict) -> None:
+def record_finish(conn, info: RunInfo) -> None:
     with transaction(conn):
         conn.execute("UPDATE models SET status = 'completed', metrics = ?, finished = ?, error = NULL WHERE id = ?",
-                     (json.dumps(info.get("final")), info.get("finished"), model_id))
+                     (json.dumps(info.final.model_dump() if info.final else None), info.finished, info.id))
 
 
 def record_failure(conn, model_id: str, status: str, error: str, finished: str) -> None:
@@ -111,24 +110,16 @@ def _row(r: sqlite3.Row | None) -> dict | None:
     return d
 
 
-def folder_owner(run: Path) -> str | None:
-    """The registry id a run folder's run.json names (a later run may reuse a folder)."""
-    try:
-        return json.loads((Path(run) / "run.json").read_text()).get("id")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def files_state(row: dict) -> str:
     """ok | missing (the artifact folder is gone) | none (the run has not shipped weights yet) |
     replaced (another run now owns the folder)."""
-    run = Path(row["run_dir"])
-    owner = folder_owner(run)
+    run = RunFolder(row["run_dir"])
+    owner = run.owner_id()  # a later run may reuse a folder
     if owner is not None and owner != row["id"]:
         return "replaced"
-    if (run / row["artifact"]).is_dir():
+    if run.artifact(row["artifact"]).is_dir():
         return "ok"
-    if row["status"] == "completed" or not run.is_dir():
+    if row["status"] == "completed" or not run.path.is_dir():
         return "missing"
     return "none"
 
@@ -147,7 +138,7 @@ def find(conn, ref: str) -> dict | None:
     if r is None and Path(ref).expanduser().is_dir():
         folder = Path(ref).expanduser().resolve()
         r = conn.execute("SELECT * FROM models WHERE id = ? AND run_dir = ?",
-                         (folder_owner(folder), str(folder))).fetchone()
+                         (RunFolder(folder).owner_id(), str(folder))).fetchone()
     return _row(r)
 
 
@@ -189,9 +180,6 @@ def lineage(conn, ref: str) -> dict:
 
 def record_eval(conn, model_id: str, kind: str, data_file: str, examples: int, params: dict, results: dict,
                 base_ref: str | None = None) -> None:
-    from ..models.gguf_import import file_digest
-    from ..training.run_dir import now
-
     path = Path(data_file).resolve()
     with transaction(conn):
         conn.execute("INSERT INTO evals (model_id, kind, data_file, data_sha256, examples, params, results, base_ref, "
@@ -223,7 +211,7 @@ def remove(conn, ref: str) -> dict:
         raise RegistryError(f"{row['name']} is still training (pid {row['pid']}); stop it first")
     run = Path(row["run_dir"])
     owns_folder = run.is_dir() and row["files"] != "replaced"  # a reused folder is another model's now
-    strangers = sorted(p.name for p in run.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith(".")) \
+    strangers = sorted(p.name for p in run.iterdir() if p.name not in RunFolder.ENTRIES and not p.name.startswith(".")) \
         if owns_folder else []
     if strangers:  # e.g. a run trained with --out . into a project folder: never delete the project
         raise RegistryError(f"{run} holds files tunery did not write ({', '.join(strangers[:3])}); move them out "
@@ -265,10 +253,8 @@ def describe(conn, ref: str) -> dict:
         parent = conn.execute("SELECT name FROM models WHERE id = ?", (row["derived_from"],)).fetchone()
         row["derived_from_name"] = parent["name"] if parent else None
     if row["status"] == "running":  # updated as it goes: the run folder's metrics are the live view
-        from ..training.run_dir import read_metrics
-
         try:
-            rows = read_metrics(Path(row["run_dir"]))
+            rows = RunFolder(row["run_dir"]).read_metrics()
         except (OSError, ValueError):
             rows = []
         row["live"] = rows[-1] if rows else None

@@ -9,7 +9,7 @@ import time
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from ..errors import TuneryError
+from ..errors import ModelNotFound, TuneryError
 from ..generation import IncrementalText
 from . import errors
 from .engine import ChatRequest, Engine
@@ -76,10 +76,7 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
                 eng.submit(req)
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_stream(eng, reqs, cid, created, usage), media_type="text/event-stream")
-        try:
-            gens = await asyncio.gather(*(asyncio.wrap_future(eng.submit(req)) for req in reqs))
-        except TuneryError as exc:
-            raise APIError(400, str(exc)) from None
+        gens = await asyncio.gather(*(asyncio.wrap_future(eng.submit(req)) for req in reqs))
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": body.model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": gen.text},
@@ -115,7 +112,7 @@ def _resolve(engine: Engine, model: str):
     try:
         return engine.resolve(model)
     except TuneryError as exc:
-        raise APIError(404, f"The model '{model}' does not exist: {exc}", code="model_not_found", param="model") from None
+        raise ModelNotFound(f"The model '{model}' does not exist: {exc}", field="model") from None
 
 
 def _served_models(engine: Engine) -> list[str]:
@@ -123,12 +120,9 @@ def _served_models(engine: Engine) -> list[str]:
     from ..registry import store
     from ..registry.db import connect
 
-    try:
-        with connect(create=False) as conn:
-            if conn is not None:
-                names += [m["name"] for m in store.list_models(conn) if m.get("status") == "completed"]
-    except TuneryError as exc:
-        raise APIError(500, str(exc), type="server_error") from None
+    with connect(create=False) as conn:
+        if conn is not None:
+            names += [m["name"] for m in store.list_models(conn) if m.get("status") == "completed"]
     return list(dict.fromkeys(names))
 
 

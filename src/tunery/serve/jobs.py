@@ -1,8 +1,11 @@
-"""Files and fine-tuning jobs, stored in the registry database, shaped like the hosted API's objects.
+"""Files and fine-tuning jobs as the hosted API shapes them: checking requests, the objects
+returned, and which state allows which action. Their rows and SQL are registry/jobs.py's.
 
 The web process only writes requests (a new job, a control word: pause/cancel/resume); the worker
 process (worker.py) validates files, trains, and writes progress and events. Both go through short
-SQLite transactions, so neither can corrupt the other.
+SQLite transactions, so neither can corrupt the other. Errors are TuneryErrors (NotFound,
+ConfigError with the request parameter as its field, StateError, TooLarge); serve/errors.py
+turns them into HTTP answers.
 """
 
 import json
@@ -13,27 +16,17 @@ import time
 from pathlib import Path
 
 from ..config import AUTO_LR, TrainConfig
-from ..errors import config_error
+from ..errors import ConfigError, NotFound, StateError, TooLarge, validated
 from ..home import tunery_home
+from ..registry import jobs as rows
 from ..registry.db import connect, transaction
+from ..run_folder import RunFolder
 
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 JOB_ID = re.compile(r"^ftjob-[0-9a-f]{24}$")
 TERMINAL = ("succeeded", "failed", "cancelled")
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SERVER_ONLY = {"data", "val_data", "template", "out", "resume"}  # recipe fields naming server paths
-
-
-class NotFound(Exception):
-    pass
-
-
-class BadRequest(Exception):
-    """A request the API refuses with 400; `param` names the offending field."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
 
 
 def files_dir() -> Path:
@@ -59,14 +52,13 @@ def save_file(filename: str, purpose: str, source, max_bytes: int) -> dict:
             if size > max_bytes:
                 out.close()
                 tmp.unlink(missing_ok=True)
-                raise BadRequest(f"file is larger than the server's limit of {max_bytes} bytes", "file")
+                raise TooLarge(f"file is larger than the server's limit of {max_bytes} bytes", "file")
             out.write(chunk)
     tmp.rename(dest)
     row = {"id": file_id, "filename": Path(filename or "upload").name, "purpose": purpose, "bytes": size,
            "path": str(dest), "created_at": int(time.time())}
     with connect() as conn, transaction(conn):
-        conn.execute("INSERT INTO files (id, filename, purpose, bytes, path, created_at) VALUES "
-                     "(:id, :filename, :purpose, :bytes, :path, :created_at)", row)
+        rows.insert_file(conn, row)
     return file_object(row)
 
 
@@ -79,23 +71,21 @@ def get_file_row(file_id: str) -> dict:
     if not FILE_ID.match(file_id or ""):
         raise NotFound(f"No such File object: {file_id}")
     with connect() as conn:
-        row = conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        row = rows.get_file(conn, file_id)
     if row is None:
         raise NotFound(f"No such File object: {file_id}")
-    return dict(row)
+    return row
 
 
 def list_files(purpose: str | None = None) -> list[dict]:
     with connect() as conn:
-        rows = conn.execute("SELECT * FROM files WHERE (? IS NULL OR purpose = ?) ORDER BY created_at DESC, rowid DESC",
-                            (purpose, purpose)).fetchall()
-    return [file_object(r) for r in rows]
+        return [file_object(r) for r in rows.list_files(conn, purpose)]
 
 
 def delete_file(file_id: str) -> dict:
     row = get_file_row(file_id)
     with connect() as conn, transaction(conn):
-        conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        rows.delete_file(conn, file_id)
     Path(row["path"]).unlink(missing_ok=True)
     return {"id": file_id, "object": "file", "deleted": True}
 
@@ -108,27 +98,24 @@ def create_job(body: dict) -> dict:
 
     model = body.get("model")
     if not model:
-        raise BadRequest("model is required", "model")
+        raise ConfigError("model is required", "model")
     try:
         resolve_model(model)
     except Exception as exc:
-        raise BadRequest(f"model {model!r} cannot be fine-tuned here: {exc}", "model") from None
+        raise ConfigError(f"model {model!r} cannot be fine-tuned here: {exc}", "model") from None
     for param in ("training_file", "validation_file"):
         if body.get(param) is not None:
             try:
                 get_file_row(body[param])
             except NotFound:
-                raise BadRequest(f"{param}: no such file {body[param]!r}", param) from None
+                raise ConfigError(f"{param}: no such file {body[param]!r}", param) from None
     if not body.get("training_file"):
-        raise BadRequest("training_file is required", "training_file")
+        raise ConfigError("training_file is required", "training_file")
     config_for(body, job_id="ftjob-" + "0" * 24)  # every hyperparameter checked now, not in the worker
     job_id = "ftjob-" + secrets.token_hex(12)
     with connect() as conn, transaction(conn):
-        conn.execute("INSERT INTO jobs (id, model, training_file, validation_file, request, status, created_at) "
-                     "VALUES (?, ?, ?, ?, ?, 'validating_files', ?)",
-                     (job_id, model, body["training_file"], body.get("validation_file"), json.dumps(body),
-                      int(time.time())))
-        add_event(conn, job_id, "info", f"Validating training file: {body['training_file']}")
+        rows.insert_job(conn, job_id, model, body["training_file"], body.get("validation_file"), body)
+        rows.add_event(conn, job_id, "info", f"Validating training file: {body['training_file']}")
     return get_job(job_id)
 
 
@@ -141,8 +128,6 @@ def _hyperparameters(body: dict) -> dict:
 def config_for(body: dict, job_id: str) -> TrainConfig:
     """The TrainConfig a job runs. Hosted-API hyperparameters map onto it; tunery's own fields
     (LoRA rank, method, max_steps, ...) come under `method.tunery` or top-level `tunery`."""
-    from pydantic import ValidationError
-
     hp = _hyperparameters(body)
     extra = {**(body.get("tunery") or {}), **((body.get("method") or {}).get("tunery") or {})}
     values = {"model": body["model"], "data": "(uploaded)", "method": "lora", "seed": body.get("seed") or 42}
@@ -152,7 +137,7 @@ def config_for(body: dict, job_id: str) -> TrainConfig:
     # uploaded ids, metrics by built-in name (full hardening of requests is issue [9]).
     for key in sorted(extra):
         if key in SERVER_ONLY or (key == "eval_metric" and ":" in str(extra[key])):
-            raise BadRequest(f"tunery.{key} cannot be set through the API", f"tunery.{key}")
+            raise ConfigError(f"tunery.{key} cannot be set through the API", f"tunery.{key}")
     values.update(extra)
     for key, field in (("n_epochs", "epochs"), ("batch_size", "batch_size")):
         if hp.get(key) not in (None, "auto"):
@@ -162,14 +147,14 @@ def config_for(body: dict, job_id: str) -> TrainConfig:
         try:
             mult = float(mult)
         except (TypeError, ValueError):
-            raise BadRequest("learning_rate_multiplier must be a number or 'auto'", "hyperparameters.learning_rate_multiplier") from None
+            raise ConfigError("learning_rate_multiplier must be a number or 'auto'", "hyperparameters.learning_rate_multiplier") from None
         values["lr"] = AUTO_LR[values.get("method", "lora")] * mult
     values["out"] = str(tunery_home() / "jobs" / job_id / "run")
     try:
-        return TrainConfig(**values)
-    except ValidationError as exc:
-        err = config_error(exc)
-        raise BadRequest(str(err), "hyperparameters" if err.field in ("epochs", "batch_size", "lr") else err.field) from None
+        return validated(TrainConfig, **values)
+    except ConfigError as err:
+        err.field = "hyperparameters" if err.field in ("epochs", "batch_size", "lr") else err.field
+        raise
 
 
 def get_job(job_id: str, conn=None) -> dict:
@@ -178,10 +163,10 @@ def get_job(job_id: str, conn=None) -> dict:
     if conn is None:
         with connect() as c:
             return get_job(job_id, c)
-    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = rows.get_job(conn, job_id)
     if row is None:
         raise NotFound(f"No such fine-tuning job: {job_id}")
-    return job_object(dict(row))
+    return job_object(row)
 
 
 def job_object(row: dict) -> dict:
@@ -206,8 +191,7 @@ def job_object(row: dict) -> dict:
 
 def list_jobs(after: str | None, limit: int) -> dict:
     with connect() as conn:
-        rows = conn.execute("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC").fetchall()
-    jobs = [dict(r) for r in rows]
+        jobs = rows.list_jobs(conn)
     if after:
         ids = [j["id"] for j in jobs]
         if after not in ids:
@@ -224,61 +208,51 @@ def control(job_id: str, action: str) -> dict:
         status = job["status"]
         if action == "cancel":
             if status in TERMINAL:
-                raise BadRequest(f"Job {job_id} has already {status}; it cannot be cancelled")
+                raise StateError(f"Job {job_id} has already {status}; it cannot be cancelled")
             if status == "running":
-                conn.execute("UPDATE jobs SET control = 'cancel' WHERE id = ?", (job_id,))
+                rows.update_job(conn, job_id, control="cancel")
             else:  # nothing is running it: cancelled right away
-                conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, control = NULL WHERE id = ?",
-                             (int(time.time()), job_id))
-                add_event(conn, job_id, "info", "Job cancelled")
+                rows.update_job(conn, job_id, status="cancelled", finished_at=int(time.time()), control=None)
+                rows.add_event(conn, job_id, "info", "Job cancelled")
         elif action == "pause":
             if status not in ("running", "queued", "validating_files"):
-                raise BadRequest(f"Job {job_id} is {status}; only a running or queued job can be paused")
+                raise StateError(f"Job {job_id} is {status}; only a running or queued job can be paused")
             if status == "running":
-                conn.execute("UPDATE jobs SET control = 'pause' WHERE id = ?", (job_id,))
+                rows.update_job(conn, job_id, control="pause")
             else:
-                conn.execute("UPDATE jobs SET status = 'paused', control = NULL WHERE id = ?", (job_id,))
-                add_event(conn, job_id, "info", "Job paused")
+                rows.update_job(conn, job_id, status="paused", control=None)
+                rows.add_event(conn, job_id, "info", "Job paused")
         elif action == "resume":
             if status != "paused":
-                raise BadRequest(f"Job {job_id} is {status}; only a paused job can be resumed")
-            conn.execute("UPDATE jobs SET status = 'queued', control = NULL WHERE id = ?", (job_id,))
-            add_event(conn, job_id, "info", "Job resumed")
+                raise StateError(f"Job {job_id} is {status}; only a paused job can be resumed")
+            rows.update_job(conn, job_id, status="queued", control=None)
+            rows.add_event(conn, job_id, "info", "Job resumed")
         return get_job(job_id, conn)
-
-
-def add_event(conn, job_id: str, level: str, message: str, data: dict | None = None, type: str = "message") -> None:
-    conn.execute("INSERT INTO job_events (job_id, created_at, level, type, message, data) VALUES (?, ?, ?, ?, ?, ?)",
-                 (job_id, int(time.time()), level, type, message, json.dumps(data) if data is not None else None))
 
 
 def list_events(job_id: str, after: str | None, limit: int) -> dict:
     get_job(job_id)
     after_id = int(after.split("-")[-1]) if after and after.startswith("ftevent-") and after.split("-")[-1].isdigit() else None
     with connect() as conn:
-        rows = conn.execute("SELECT * FROM job_events WHERE job_id = ? AND (? IS NULL OR id < ?) ORDER BY id DESC "
-                            "LIMIT ?", (job_id, after_id, after_id, limit + 1)).fetchall()
-    data = [{"object": "fine_tuning.job.event", "id": f"ftevent-{r['id']}", "created_at": r["created_at"],
-             "level": r["level"], "message": r["message"], "type": r["type"],
-             "data": json.loads(r["data"]) if r["data"] else {}} for r in rows[:limit]]
-    return {"object": "list", "data": data, "has_more": len(rows) > limit}
+        events = rows.list_events(conn, job_id, after_id, limit + 1)
+    data = [{"object": "fine_tuning.job.event", "id": f"ftevent-{e['id']}", "created_at": e["created_at"],
+             "level": e["level"], "message": e["message"], "type": e["type"], "data": e["data"]}
+            for e in events[:limit]]
+    return {"object": "list", "data": data, "has_more": len(events) > limit}
 
 
 def list_checkpoints(job_id: str, after: str | None, limit: int) -> dict:
     """The run's complete checkpoints, newest first, with the metrics logged at their step."""
-    from ..training.checkpoint import complete_checkpoints
-    from ..training.run_dir import read_metrics
-
     job = get_job(job_id)
     with connect() as conn:
-        run_dir = conn.execute("SELECT run_dir FROM jobs WHERE id = ?", (job_id,)).fetchone()["run_dir"]
+        run_dir = rows.get_job(conn, job_id)["run_dir"]
     if not run_dir:
         return {"object": "list", "data": [], "has_more": False}
-    rows = {r["step"]: r for r in read_metrics(Path(run_dir))}
+    folder = RunFolder(run_dir)
+    logged = {r["step"]: r for r in folder.read_metrics()}
     data = []
-    for ck in reversed(complete_checkpoints(Path(run_dir))):
-        step = int(ck.name[5:])
-        m = rows.get(step, {})
+    for step, ck in reversed(folder.checkpoints()):
+        m = logged.get(step, {})
         data.append({"object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{job_id[6:]}-{step}",
                      "created_at": int(ck.stat().st_mtime), "fine_tuning_job_id": job_id, "step_number": step,
                      "fine_tuned_model_checkpoint": f"{job['fine_tuned_model'] or job_id}:ckpt-step-{step}",

@@ -14,11 +14,11 @@ import signal
 import sys
 import time
 import traceback
-from pathlib import Path
-
 from ..errors import TuneryError
+from ..registry import jobs as rows
 from ..registry.db import connect, transaction
 from ..registry.store import pid_alive
+from ..run_folder import RunFolder
 from . import jobs
 
 POLL_S = 0.3
@@ -52,14 +52,10 @@ def claim_next() -> dict | None:
     the oldest queued job."""
     me = os.getpid()
     with connect() as conn, transaction(conn):
-        rows = conn.execute("SELECT * FROM jobs WHERE status IN ('running', 'validating_files', 'queued') "
-                            "ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'validating_files' THEN 1 ELSE 2 END, "
-                            "created_at, rowid").fetchall()
-        for row in rows:
-            row = dict(row)
+        for row in rows.claimable_jobs(conn):
             if row["worker_pid"] == me or pid_alive(row["worker_pid"]):
                 continue
-            conn.execute("UPDATE jobs SET worker_pid = ? WHERE id = ?", (me, row["id"]))
+            rows.update_job(conn, row["id"], worker_pid=me)
             row["worker_pid"] = me
             return row
     return None
@@ -67,11 +63,9 @@ def claim_next() -> dict | None:
 
 def _update(job_id: str, event: tuple | None = None, **fields) -> None:
     with connect() as conn, transaction(conn):
-        if fields:
-            sets = ", ".join(f"{k} = ?" for k in fields)
-            conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+        rows.update_job(conn, job_id, **fields)
         if event:
-            jobs.add_event(conn, job_id, *event)
+            rows.add_event(conn, job_id, *event)
 
 
 def _fail(job_id: str, code: str, message: str, param: str | None = None) -> None:
@@ -89,7 +83,7 @@ def validate(job: dict) -> None:
         try:
             row = jobs.get_file_row(job[param])
             report = check_dataset(row["path"], model=job["model"])
-        except (TuneryError, jobs.NotFound) as exc:
+        except TuneryError as exc:
             return _fail(job["id"], f"invalid_{param}", f"{param} {job[param]}: {exc}", param)
         if not report["ok"]:
             shown = "; ".join(f"line {e['line']}: {e['message']} [{e['code']}]" for e in report["errors"][:5])
@@ -101,7 +95,7 @@ def validate(job: dict) -> None:
 
 
 def run(job: dict, parent: int) -> None:
-    from ..training.loop import TrainingStopped, train
+    from ..training.loop import Signal, TrainingStopped, train
 
     job_id = job["id"]
     request = json.loads(job["request"])
@@ -109,7 +103,7 @@ def run(job: dict, parent: int) -> None:
     cfg = cfg.model_copy(update={
         "data": jobs.get_file_row(job["training_file"])["path"],
         "val_data": jobs.get_file_row(job["validation_file"])["path"] if job["validation_file"] else None,
-        "resume": (Path(cfg.out) / "run.json").exists(),
+        "resume": RunFolder(cfg.out).is_run(),
     })
     resumed = job["status"] == "running" or cfg.resume
     _update(job_id, ("info", "Fine-tuning job resumed from its last checkpoint" if resumed else "Fine-tuning job started"),
@@ -130,15 +124,15 @@ def run(job: dict, parent: int) -> None:
             data["valid_loss"] = row["val_loss"]
             msg += f", validation loss={row['val_loss']:.4f}"
         with connect() as conn, transaction(conn):
-            conn.execute("UPDATE jobs SET trained_tokens = ?, estimated_finish = ? WHERE id = ?",
-                         (row["trained_tokens"], eta, job_id))
-            jobs.add_event(conn, job_id, "info", msg, data, type="metrics")
-            return conn.execute("SELECT control FROM jobs WHERE id = ?", (job_id,)).fetchone()["control"]
+            rows.update_job(conn, job_id, trained_tokens=row["trained_tokens"], estimated_finish=eta)
+            rows.add_event(conn, job_id, "info", msg, data, type="metrics")
+            control = rows.control_word(conn, job_id)
+        return Signal(control) if control else None
 
     try:
         result = train(cfg, progress=False, on_step=on_step)
     except TrainingStopped as stop:
-        status = "cancelled" if stop.action == "cancel" else "paused"
+        status = "cancelled" if stop.signal is Signal.CANCEL else "paused"
         _update(job_id, ("info", f"Job {status} at step {stop.step}"), status=status, control=None, worker_pid=None,
                 finished_at=int(time.time()) if status == "cancelled" else None)
         return
@@ -148,8 +142,8 @@ def run(job: dict, parent: int) -> None:
         traceback.print_exc(file=sys.stderr)
         return _fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}")
     _update(job_id, ("info", "The job has successfully completed"), status="succeeded", control=None,
-            worker_pid=None, finished_at=int(time.time()), fine_tuned_model=result.info["name"],
-            trained_tokens=result.info["final"]["trained_tokens"], estimated_finish=None)
+            worker_pid=None, finished_at=int(time.time()), fine_tuned_model=result.info.name,
+            trained_tokens=result.info.final.trained_tokens, estimated_finish=None)
 
 
 if __name__ == "__main__":

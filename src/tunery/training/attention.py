@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .setup import base_of
+from ..models.hf import base_of
 
 NAME = "tunery_sdpa"
 

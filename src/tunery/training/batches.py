@@ -5,17 +5,12 @@ batches an uninterrupted run would have seen: the position in the data is just (
 """
 
 import functools
-import math
 import random
 
 import torch
 
 from ..data import Example
 from .attention import PackedLayout
-
-
-def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
-    return math.ceil(n_examples / (batch_size * grad_accum))
 
 
 def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:

@@ -1,51 +1,71 @@
 """Atomic checkpoints with everything an exact resume needs.
 
 RUN/checkpoints/step-N/ holds the trainable weights (safetensors), optimizer and scheduler state,
-RNG states and state.json (step, epoch, best validation loss, ...). It is written into a
+RNG states and state.json (TrainState: step, best score, tokens, ...). It is written into a
 temporary folder and renamed into place, then marked complete; a folder without the marker (a
-crash mid-write) is never loaded.
+crash mid-write) is never loaded. Where checkpoints live is RunFolder's to say.
 """
 
 import json
 import random
 import shutil
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..home import atomic_dir
+from ..files import atomic_dir
+from ..metrics import worse_by
+from ..run_folder import COMPLETE, RunFolder
 
-COMPLETE = "COMPLETE"
+
+@dataclass
+class TrainState:
+    """What the loop carries from step to step, and what a checkpoint restores."""
+
+    step: int = 0  # optimizer steps done
+    best_score: float | None = None  # the best value of the selection metric (best_by) so far
+    best_step: int | None = None
+    evals_since_best: int = 0  # evaluations without improvement (early stopping counts these)
+    trained_tokens: int = 0  # tokens that carried loss
+    tokens: int = 0  # every token seen, prompts included
+
+    def observe(self, metric: str, value: float) -> None:
+        """An evaluation of the selection metric at this step: a new best, or one more without."""
+        if self.best_score is None or worse_by(metric, self.best_score, value) < 0:
+            self.best_score, self.best_step, self.evals_since_best = value, self.step, 0
+        else:
+            self.evals_since_best += 1
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict) -> Path:
+def save_checkpoint(folder: RunFolder, model, optimizer, scheduler, state: TrainState) -> Path:
     from safetensors.torch import save_file
 
-    dest = run_dir / "checkpoints" / f"step-{step}"
+    dest = folder.checkpoint_dir(state.step)
     with atomic_dir(dest) as tmp:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        (tmp / "state.json").write_text(json.dumps(state.state_dict(), indent=2))
         (tmp / COMPLETE).write_text("")
     return dest
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.glob("step-*") if (p / COMPLETE).is_file() and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     from safetensors.torch import load_file
 
     weights = load_file(path / "trainable.safetensors")
@@ -53,7 +73,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     _set_rng_state(torch.load(path / "rng.pt", weights_only=False))  # our own file: python/numpy states
-    return json.loads((path / "state.json").read_text())
+    return TrainState.from_dict(json.loads((path / "state.json").read_text()))
 
 
 def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
@@ -66,13 +86,13 @@ def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
             params[name].copy_(tensor)
 
 
-def prune_checkpoints(run_dir: Path, keep: int, protect: set[int]) -> None:
+def prune_checkpoints(folder: RunFolder, keep: int, protect: set[int]) -> None:
     """Keep the newest `keep` complete checkpoints plus those in `protect` (the best one)."""
-    ckpts = complete_checkpoints(run_dir)
-    for path in ckpts[:-keep] if keep else ckpts:
-        if int(path.name[5:]) not in protect:
+    ckpts = folder.checkpoints()
+    for step, path in ckpts[:-keep] if keep else ckpts:
+        if step not in protect:
             shutil.rmtree(path, ignore_errors=True)
-    for stray in (run_dir / "checkpoints").glob(".tmp-*"):  # left by a crash mid-write
+    for stray in folder.stray_checkpoints():  # left by a crash mid-write
         shutil.rmtree(stray, ignore_errors=True)
 
 

@@ -4,7 +4,7 @@ Validation examples are already tokens with loss masks, so the prompt is everyth
 last trained span and the reference is that span's text: no second copy of the data is needed.
 """
 
-from ..evaluate.metrics import resolve_metrics
+from ..metrics import resolve_metrics
 
 
 def split_prompt(example, stop_ids: set[int]) -> tuple[list[int], list[int]]:

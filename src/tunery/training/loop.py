@@ -7,58 +7,76 @@
      step's total trained tokens (so batch 4 x accumulation 2 == batch 8), clip, step, log;
      evaluate, checkpoint, early-stop on schedule
   5) ship the selected weights (best or last) with tokenizer, config and model card
+
+A caller may watch and steer the run through `on_step(row) -> Signal | None`, called after each
+optimizer step: Signal.PAUSE checkpoints that step and stops, Signal.CANCEL stops; both raise
+TrainingStopped, which the registry records as an interruption, not a failure.
 """
 
+import enum
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import AUTO_LR, TrainConfig, suggest_epochs
+from ..config import TrainConfig, steps_per_epoch
+from ..data.render import stop_token_ids
+from ..data.template import load_template
 from ..errors import ConfigError, TuneryError
+from ..files import now
 from ..models import load_tokenizer, resolve_model
 from ..models.hardware import keep_freed_memory
 from ..registry import recorder as registry
-from . import checkpoint as ckpt
-from ..data.render import stop_token_ids
-from ..data.template import load_template
-from .batches import collate, step_groups, steps_per_epoch
+from ..run_folder import BaseRecord, DataRecord, FinalRecord, RunFolder, RunInfo
 from . import attention
-from .loss import TokenLoss
+from . import checkpoint as ckpt
+from .batches import collate, step_groups
+from .card import write_model_card
+from .checkpoint import TrainState
 from .generate_eval import generation_score
-from .run_dir import (Metrics, data_record, default_run_dir, now, read_metrics, read_run, write_config,
-                      write_json_atomic, write_model_card, RUN_FILE)
+from .loss import TokenLoss
 from .setup import build_model, check_method_supported, count_parameters, device_and_dtype
 
 
 @dataclass
 class Run:
     dir: Path
-    config: dict
-    info: dict
+    config: dict  # the resolved recipe, as config.yaml holds it
+    info: RunInfo
     metrics: list[dict] = field(default_factory=list)
 
     @property
     def val_loss(self):
-        return self.info.get("final", {}).get("val_loss")
+        return self.info.final.val_loss if self.info.final else None
+
+
+class Signal(enum.Enum):
+    """What `on_step` may ask of the loop between two steps."""
+
+    PAUSE = "pause"  # checkpoint this step, then stop: resuming loses nothing
+    CANCEL = "cancel"  # stop now
 
 
 class TrainingStopped(Exception):
-    """Raised out of `train` when `on_step` asked to pause (after a checkpoint) or cancel."""
+    """Raised out of `train` when `on_step` returned a Signal."""
 
-    def __init__(self, action: str, step: int):
-        super().__init__(f"training {action} at step {step}")
-        self.action, self.step = action, step
+    def __init__(self, signal: Signal, step: int):
+        super().__init__(f"training {signal.value} at step {step}")
+        self.signal, self.step = signal, step
 
 
-def train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **overrides) -> Run:
+OnStep = Callable[[dict], "Signal | None"]
+
+
+def train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep | None = None, **overrides) -> Run:
     """Fine-tune; the run is recorded in the registry as it starts, ends, or fails."""
-    with registry.tracking():
+    with registry.tracking(interrupted=(KeyboardInterrupt, TrainingStopped)):
         return _train(config, progress, on_step, **overrides)
 
 
-def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **overrides) -> Run:
+def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep | None = None, **overrides) -> Run:
     import torch
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
@@ -68,43 +86,33 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
 
     # 1) resolve inputs -------------------------------------------------------------------------
     check_method_supported(cfg)
-    device_and_dtype(cfg)
+    device, dtype = device_and_dtype(cfg)
     metric_key = _check_eval_metric(cfg)
     base = resolve_model(cfg.model)
     tokenizer = load_tokenizer(base)
-    train_set, val_set, data_info = load_data(cfg, tokenizer)
-    for note in data_info["data"].get("warnings", []):
+    train_set, val_set, data, val = load_data(cfg, tokenizer)
+    for note in data.warnings or []:
         from rich.markup import escape
 
         say(f"[yellow]warning[/] {escape(note)}")
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.data, cfg.method)
+    folder = RunFolder(cfg.out) if cfg.out else RunFolder.default(cfg.data, cfg.method)
     resume_from = None
     if cfg.resume:
-        found = ckpt.complete_checkpoints(run_dir)
-        if not found and not (run_dir / RUN_FILE).exists():
-            raise ConfigError(f"resume: {run_dir} holds no run to resume")
-        resume_from = found[-1] if found else None
-    elif (run_dir / RUN_FILE).exists():
-        raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or choose another --out")
-
-    per_epoch = steps_per_epoch(len(train_set), cfg.batch_size, cfg.grad_accum)
-    epochs = suggest_epochs(len(train_set)) if cfg.epochs == "auto" else cfg.epochs
-    total_steps = cfg.max_steps or per_epoch * epochs
-    lr = AUTO_LR[cfg.method] if cfg.lr == "auto" else cfg.lr
-    eval_every = max(1, total_steps // 10) if cfg.eval_every == "auto" else cfg.eval_every
-    save_every = eval_every if cfg.save_every == "auto" else cfg.save_every
-    resolved = cfg.model_dump() | {
-        "epochs": math.ceil(total_steps / per_epoch), "lr": lr, "eval_every": eval_every, "save_every": save_every,
-        "out": str(run_dir), "resume": False, "max_steps": total_steps, "format": data_info["data"]["format"],
-        "precision": "bf16" if device_and_dtype(cfg)[1] == torch.bfloat16 else "fp32",
-    }
-    if not val_set:
-        resolved["eval_every"] = None
+        found = folder.checkpoints()
+        if not found and not folder.is_run():
+            raise ConfigError(f"resume: {folder.path} holds no run to resume")
+        resume_from = found[-1][1] if found else None
+    elif folder.is_run():
+        raise ConfigError(f"out: {folder.path} already holds a run; pass --resume to continue it or choose another --out")
+    # Every auto value, once: the loop, config.yaml, the registry and the jobs API all read this.
+    run_cfg = cfg.model_copy(update={"out": str(folder.path)}).resolve(
+        len(train_set), len(val_set), precision="bf16" if dtype == torch.bfloat16 else "fp32", format=data.format)
+    resolved = run_cfg.model_dump()
+    total_steps, per_epoch = run_cfg.max_steps, steps_per_epoch(len(train_set), cfg.batch_size, cfg.grad_accum)
 
     # 2) model, optimizer, schedule ---------------------------------------------------------------
     from accelerate import Accelerator
 
-    device, dtype = device_and_dtype(cfg)
     if device == "cpu":
         keep_freed_memory()
     # Mixed precision by plain torch.autocast: accelerate's is process-global and would pin every
@@ -117,51 +125,53 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
     packed = attention.installed(model)
     trainable, total = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
+    optimizer = torch.optim.AdamW(params, lr=run_cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
                                   fused=device == "cuda")
     warmup = round(cfg.warmup * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.schedule, warmup, total_steps))
     loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info = read_run(run_dir) if resume_from or cfg.resume else {}
-    info.update({
-        "status": "running", "method": cfg.method, "started": info.get("started", now()),
-        "base": {"reference": cfg.model, "name": base.name, "path": str(base.path), "source": base.source},
-        **data_info, "parameters": {"trainable": trainable, "total": total},
-        "artifact": "model" if cfg.method == "full" else "adapter",
-    })
-    info.update(registry.started(run_dir, resolved, info, base))  # {"id", "name"}, saved in run.json too
-    write_config(run_dir, resolved)
-    write_json_atomic(run_dir / RUN_FILE, info)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    earlier = folder.read_info() if resume_from or cfg.resume else None
+    info = RunInfo(
+        id=earlier and earlier.id, name=earlier and earlier.name, status="running", method=cfg.method,
+        started=earlier.started if earlier else now(),
+        base=BaseRecord(reference=cfg.model, name=base.name, path=str(base.path), source=base.source),
+        data=data, val=val, parameters={"trainable": trainable, "total": total},
+        artifact="model" if cfg.method == "full" else "adapter")
+    info.id, info.name = registry.started(folder.path, resolved, info, base)  # saved in run.json too
+    folder.write_config(resolved)
+    folder.write_info(info)
 
     # 3) resume -----------------------------------------------------------------------------------
-    state = {"step": 0, "best_score": None, "best_step": None, "evals_since_best": 0, "trained_tokens": 0, "tokens": 0}
+    state = TrainState()
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, model, optimizer, scheduler)
-        say(f"resuming {run_dir} from {resume_from.name}")
-    metrics = Metrics(run_dir / "metrics.jsonl", resume_step=state["step"] if cfg.resume else None)
+        say(f"resuming {folder.path} from {resume_from.name}")
+    metrics = folder.open_metrics(resume_step=state.step if cfg.resume else None)
 
     say(f"[bold]train[/] {cfg.method} on {base.name}: {len(train_set)} train / {len(val_set)} val examples, "
-        f"{epochs if cfg.max_steps is None else resolved['epochs']} epochs, {total_steps} steps, lr {lr:g}, "
+        f"{run_cfg.epochs} epochs, {total_steps} steps, lr {run_cfg.lr:g}, "
         f"batch {cfg.batch_size}x{cfg.grad_accum}, trainable {trainable:,} of {total:,} params, {device} "
-        f"{str(dtype).replace('torch.', '')} → {run_dir}")
+        f"{str(dtype).replace('torch.', '')} → {folder.path}")
 
     # 4) loop -------------------------------------------------------------------------------------
     batch_of = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=accelerator.device, packed=packed,
                                  share_prefix=cfg.share_prefix)
     template = load_template(tokenizer, cfg.template)  # the one training renders with
     stop_ids = stop_token_ids(tokenizer, template)
-    bar = _progress(progress, total_steps, state["step"])
+    select_by = "val_loss" if cfg.best_by == "val_loss" else metric_key  # the metrics row key checkpoints are chosen by
+    eval_every, save_every = run_cfg.eval_every, run_cfg.save_every
+    bar = _progress(progress, total_steps, state.step)
     started = time.perf_counter()
-    step, stop = state["step"], False
+    stop = False
     try:
         model.train()
-        while step < total_steps and not stop:
-            epoch = step // per_epoch
+        while state.step < total_steps and not stop:
+            epoch = state.step // per_epoch
             for k, micro_batches in enumerate(step_groups(train_set, cfg.seed, epoch, cfg.batch_size, cfg.grad_accum,
                                                                 cfg.group_by_length)):
-                if k < step - epoch * per_epoch:
+                if k < state.step - epoch * per_epoch:
                     continue  # already trained before the resume
                 t0 = time.perf_counter()
                 group_tokens = sum(sum(e.loss_mask[1:]) for mb in micro_batches for e in mb)
@@ -178,13 +188,13 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                state["step"] = step
-                state["trained_tokens"] += group_tokens
-                state["tokens"] += step_tokens
+                state.step += 1
+                state.trained_tokens += group_tokens
+                state.tokens += step_tokens
+                step = state.step
                 row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": float(step_loss) / group_tokens,
-                       "lr": lr_now, "grad_norm": float(grad_norm), "tokens": state["tokens"],
-                       "trained_tokens": state["trained_tokens"],
+                       "lr": lr_now, "grad_norm": float(grad_norm), "tokens": state.tokens,
+                       "trained_tokens": state.trained_tokens,
                        "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
                 last = step == total_steps
                 if val_set and (step % eval_every == 0 or last):
@@ -196,67 +206,63 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step=None, **
                             model, tokenizer, val_set[: cfg.eval_samples], cfg.eval_metric, stop_ids,
                             max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.batch_size,
                             device=accelerator.device)
-                # Lower is better: validation loss, or the negated generation metric.
-                score = row.get("val_loss") if cfg.best_by == "val_loss" else (
-                    -row[metric_key] if metric_key in row else None)
-                if score is not None:
-                    if state["best_score"] is None or score < state["best_score"]:
-                        state.update(best_score=score, best_step=step, evals_since_best=0)
-                    else:
-                        state["evals_since_best"] += 1
-                        stop = cfg.early_stopping is not None and state["evals_since_best"] >= cfg.early_stopping
+                if select_by in row:
+                    state.observe(select_by, row[select_by])
+                    stop = cfg.early_stopping is not None and state.evals_since_best >= cfg.early_stopping
                 metrics.log(row)
                 # A caller (the jobs worker) may pause or cancel between steps; pausing first
                 # checkpoints this step so resuming loses nothing.
-                action = on_step(row | {"total_steps": total_steps}) if on_step else None
-                if (save_every and step % save_every == 0) or last or stop or state["best_step"] == step \
-                        or action == "pause":
-                    ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler, state)
-                    ckpt.prune_checkpoints(run_dir, cfg.keep_checkpoints, {state["best_step"]} - {None})
-                if action in ("pause", "cancel"):
-                    raise TrainingStopped(action, step)
+                signal = on_step(row | {"total_steps": total_steps}) if on_step else None
+                if signal is not None and not isinstance(signal, Signal):
+                    raise TypeError(f"on_step must return a Signal or None, not {signal!r}")
+                if (save_every and step % save_every == 0) or last or stop or state.best_step == step \
+                        or signal is Signal.PAUSE:
+                    ckpt.save_checkpoint(folder, model, optimizer, scheduler, state)
+                    ckpt.prune_checkpoints(folder, cfg.keep_checkpoints, {state.best_step} - {None})
+                if signal is not None:
+                    raise TrainingStopped(signal, step)
                 bar.update(row)
                 if last or stop:
                     break
     except torch.OutOfMemoryError:
-        raise TuneryError(f"out of memory at step {step + 1} (batch {cfg.batch_size}, max_length {cfg.max_length}): "
+        raise TuneryError(f"out of memory at step {state.step + 1} (batch {cfg.batch_size}, max_length {cfg.max_length}): "
                           "lower --batch-size (raise --grad-accum to keep the effective batch) or --max-length, "
                           "or use --method lora / qlora") from None
     finally:
         bar.close()
         metrics.close()
+    step = state.step
     if stop:
         say(f"early stopping at step {step}: no better {cfg.best_by} in {cfg.early_stopping} evaluations")
 
     # 5) ship the selected weights ----------------------------------------------------------------
     shipped = step
-    if cfg.select == "best" and state["best_step"] and state["best_step"] != step:
-        best = run_dir / "checkpoints" / f"step-{state['best_step']}"
+    if cfg.select == "best" and state.best_step and state.best_step != step:
         from safetensors.torch import load_file
 
-        ckpt.load_trainable(model, load_file(best / "trainable.safetensors"))
-        shipped = state["best_step"]
+        ckpt.load_trainable(model, load_file(folder.checkpoint_dir(state.best_step) / "trainable.safetensors"))
+        shipped = state.best_step
     if cfg.template:  # inference must use the template training used: ship it with the weights
         tokenizer.chat_template = template.source
-    export(model, tokenizer, run_dir, cfg.method)
-    rows = read_metrics(run_dir)
+    export(model, tokenizer, folder, cfg.method)
+    rows = folder.read_metrics()
     at_shipped = next((r for r in rows if r["step"] == shipped), {})
-    final = {"steps": step, "shipped_step": shipped, "trained_tokens": state["trained_tokens"],
-             "train_loss": rows[-1]["loss"] if rows else None, "val_loss": at_shipped.get("val_loss"),
-             "best_step": state["best_step"], "best_by": cfg.best_by, "seconds": round(time.perf_counter() - started, 1)}
-    if metric_key:
-        final[metric_key] = at_shipped.get(metric_key)
-    info.update(status="completed", finished=now(), final=final)
-    write_json_atomic(run_dir / RUN_FILE, info)
+    final = FinalRecord(steps=step, shipped_step=shipped, trained_tokens=state.trained_tokens,
+                        train_loss=rows[-1]["loss"] if rows else None, val_loss=at_shipped.get("val_loss"),
+                        best_step=state.best_step, best_by=cfg.best_by,
+                        seconds=round(time.perf_counter() - started, 1),
+                        **({metric_key: at_shipped.get(metric_key)} if metric_key else {}))
+    info.status, info.finished, info.final = "completed", now(), final
+    folder.write_info(info)
     registry.finished(info)
-    write_model_card(run_dir, info, resolved)
-    say(f"[green]done[/]: {info['name']} in {run_dir} (val_loss {final['val_loss']}, shipped step {shipped})")
-    return Run(run_dir, resolved, info, rows)
+    write_model_card(folder, info, resolved)
+    say(f"[green]done[/]: {info.name} in {folder.path} (val_loss {final.val_loss}, shipped step {shipped})")
+    return Run(folder.path, resolved, info, rows)
 
 
 def _check_eval_metric(cfg: TrainConfig) -> str | None:
     """The metrics.jsonl key of the generation metric, after checking it exists (before compute)."""
-    from ..evaluate.metrics import resolve_metrics
+    from ..metrics import resolve_metrics
 
     if cfg.best_by == "metric" and not cfg.eval_generate_every:
         raise ConfigError("best_by: metric needs --eval-generate-every N")
@@ -283,8 +289,9 @@ def evaluate(loss_fn, examples, batch_size, batch_of, autocast) -> float:
     return total / max(count, 1)
 
 
-def load_data(cfg: TrainConfig, tokenizer):
-    """Check and encode the training (and validation) data; any error stops here, before compute."""
+def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, DataRecord, DataRecord | None]:
+    """Check and encode the training (and validation) data; any error stops here, before compute.
+    Returns (train examples, validation examples, their records for run.json)."""
     from ..data import scan_file, split_examples
     from ..data.doctor import make_renderer
 
@@ -298,28 +305,28 @@ def load_data(cfg: TrainConfig, tokenizer):
         return s
 
     train_scan = scan(cfg.data)
-    train_set, val_set = train_scan.kept, []
-    info = {"data": data_record(cfg.data, train_scan.examples, len(train_scan.kept)) | {"format": train_scan.format}}
+    train_set, val_set, val = train_scan.kept, [], None
     # Whole-file warnings (the template's end-of-turn marker against the tokenizer) travel with the run.
-    if notes := [f"{w.code}: {w.message}" for w in train_scan.warnings if w.line == 0]:
-        info["data"]["warnings"] = notes
+    notes = [f"{w.code}: {w.message}" for w in train_scan.warnings if w.line == 0]
+    data = DataRecord.of_file(cfg.data, train_scan.examples, len(train_scan.kept), format=train_scan.format,
+                              warnings=notes or None)
     if cfg.val_data:
         val_scan = scan(cfg.val_data)
         val_set = val_scan.kept
-        info["val"] = data_record(cfg.val_data, val_scan.examples, len(val_set))
+        val = DataRecord.of_file(cfg.val_data, val_scan.examples, len(val_set))
     elif cfg.val_split > 0:
         train_set, val_set = split_examples(train_set, cfg.val_split, cfg.seed)
-        info["val"] = {"file": None, "split": cfg.val_split, "used": len(val_set),
-                       "lines": [e.line for e in val_set]}
-        info["data"]["used"] = len(train_set)
-    return train_set, val_set, info
+        val = DataRecord(split=cfg.val_split, used=len(val_set), lines=[e.line for e in val_set])
+        data.used = len(train_set)
+    return train_set, val_set, data, val
 
 
-def export(model, tokenizer, run_dir: Path, method: str) -> None:
+def export(model, tokenizer, folder: RunFolder, method: str) -> None:
     """Write adapter/ (PEFT format, no embedding copies) or model/ (full weights), atomically."""
-    from ..home import atomic_dir
+    from ..files import atomic_dir
+
     attention.uninstall(model)
-    with atomic_dir(run_dir / ("model" if method == "full" else "adapter")) as tmp:
+    with atomic_dir(folder.artifact("model" if method == "full" else "adapter")) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 

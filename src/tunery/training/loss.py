@@ -12,7 +12,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .setup import base_of
+from ..models.hf import base_of
 
 CHUNK = 2048  # rows of logits at a time: 2048 x 49k fp32 = 400 MB at most
 

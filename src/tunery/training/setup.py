@@ -4,6 +4,7 @@ trainable (full), or 4-bit quantised under the adapter (QLoRA, CUDA only)."""
 from ..config import TrainConfig
 from ..errors import ConfigError, TuneryError
 from ..models import ResolvedModel
+from . import attention
 
 
 def device_and_dtype(cfg: TrainConfig):
@@ -20,11 +21,6 @@ def device_and_dtype(cfg: TrainConfig):
             raise ConfigError("precision: this CPU has no fast bf16 (measured slower than fp32); use fp32 or auto")
         return device, torch.bfloat16
     return device, default_dtype(device)
-
-
-def base_of(model):
-    """The transformers model under a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def check_method_supported(cfg: TrainConfig) -> None:
@@ -46,7 +42,7 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..models.load import quiet_transformers
+    from ..models.hf import quiet_transformers
 
     quiet_transformers()
     device, dtype = device_and_dtype(cfg)
@@ -72,8 +68,6 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
     if cfg.gradient_checkpointing:
         # non-reentrant: works with frozen inputs (LoRA) and keyword arguments (packed layouts)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    from . import attention
-
     if attention.packing_supported(model.config, cfg.max_length):
         attention.install(model)  # padding-free micro-batches, a shared prefix computed once
     if cfg.method == "full":

@@ -1,5 +1,10 @@
-"""Generation metrics on the final assistant turn: each takes (prediction, reference, options)
-and returns a score in [0, 1]."""
+"""Metrics: the generation metrics scored on a final assistant turn, and which way is better.
+
+A generation metric takes (prediction, reference, options) and returns a score in [0, 1], higher
+is better. Loss-like numbers (loss, perplexity, val_loss) are lower-is-better; `worse_by` is the
+one place any comparison of two results (early stopping, checkpoint selection, compare's winner,
+the retrain gate) learns which way a metric points.
+"""
 
 import importlib
 import json
@@ -7,9 +12,16 @@ import re
 import unicodedata
 from collections.abc import Callable
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 Metric = Callable[[str, str, dict], float]
+
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "val_loss"})
+
+
+def worse_by(name: str, old: float, new: float) -> float:
+    """How much worse `new` is than `old` on metric `name`: positive worse, negative better."""
+    return (new - old) if name in LOWER_IS_BETTER else (old - new)
 
 
 def normalise(text: str) -> str:

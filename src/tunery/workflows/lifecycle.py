@@ -9,11 +9,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RegistryError, TuneryError, config_error
-from . import store
-from .db import connect
+from ..errors import RegistryError, TuneryError, validated
+from ..files import file_digest
+from ..metrics import resolve_metrics, worse_by
+from ..registry import store
+from ..registry.db import connect
+from ..registry.hashing import tokenizer_hash
+from ..run_folder import RunFolder
 
-LOWER_IS_BETTER = {"loss", "perplexity"}
 # perplexity is exp(loss): the gate checks loss, on loss's scale, and only shows perplexity.
 NOT_GATED = {"perplexity"}
 DEFAULT_METRICS = ["exact"]
@@ -32,9 +35,6 @@ class EvalPlan:
 
 def plan_eval(conn, row: dict, eval_file: str | None = None, metrics: list[str] | None = None,
               max_new_tokens: int | None = None) -> EvalPlan:
-    from ..evaluate.metrics import resolve_metrics
-    from ..models.gguf_import import file_digest
-
     history = store.evals(conn, row["id"])
     own = [e for e in history if e["base_ref"] is None]  # not the runs that tried another base
     last = (own or history or [None])[-1]
@@ -74,16 +74,16 @@ def _validation_plan(row: dict, metrics: list[str]) -> EvalPlan:
         if not Path(val["file"]).is_file():
             raise TuneryError(f"{row['name']}'s validation file {val['file']} is gone; pass --eval FILE")
         return EvalPlan(Path(val["file"]), metrics, "its validation file")
-    run = Path(row["run_dir"])
+    run = RunFolder(row["run_dir"])
     try:
-        lines = set(json.loads((run / "run.json").read_text())["val"]["lines"])
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        lines = set(run.read_info().val.lines)
+    except (OSError, ValueError, AttributeError, TypeError):
         raise TuneryError(f"{row['name']} has no recorded evaluation and no validation set; pass --eval FILE") from None
     from ..data.readers import read_rows
 
     train_file = row["data"]["train"]["file"]
     rows = [r for line, r in read_rows(train_file) if line in lines]
-    out = run / "eval-set.jsonl"
+    out = run.eval_set_file
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return EvalPlan(out, metrics, f"its validation split of {train_file}")
 
@@ -115,12 +115,12 @@ def compare_metrics(old: dict, new: dict, max_regression: float | None) -> tuple
         o, n = old[name], new[name]
         if o is None or n is None:
             continue
-        worse_by = (n - o) if name in LOWER_IS_BETTER else (o - n)
-        change = "same" if abs(worse_by) < 1e-9 else ("worse" if worse_by > 0 else "better")
-        row = {"metric": name, "old": o, "new": n, "delta": n - o, "worse_by": worse_by, "change": change,
+        worse = worse_by(name, o, n)
+        change = "same" if abs(worse) < 1e-9 else ("worse" if worse > 0 else "better")
+        row = {"metric": name, "old": o, "new": n, "delta": n - o, "worse_by": worse, "change": change,
                "gated": name not in NOT_GATED}
         rows.append(row)
-        if max_regression is not None and row["gated"] and worse_by > max_regression + 1e-9:
+        if max_regression is not None and row["gated"] and worse > max_regression + 1e-9:
             regressions.append(row)
     return rows, regressions
 
@@ -138,11 +138,8 @@ def retrain(ref: str, base: str, *, data: str | None = None, eval_file: str | No
             metrics: list[str] | None = None, max_regression: float | None = None, out: str | None = None,
             max_new_tokens: int | None = None, batch_size: int = 16, progress: bool = True) -> dict:
     """Train the recorded recipe on `base` (and `data`), evaluate old and new the same way."""
-    from pydantic import ValidationError
-
     from ..config import TrainConfig
     from ..training import train
-    from ..training.run_dir import default_run_dir
 
     with connect() as conn:
         old = _completed(conn, ref)
@@ -154,34 +151,29 @@ def retrain(ref: str, base: str, *, data: str | None = None, eval_file: str | No
         recipe["format"] = "auto"
     if (old["data"].get("val") or {}).get("file"):
         recipe["val_data"] = old["data"]["val"]["file"]
-    recipe["out"] = out or str(default_run_dir(recipe["data"], recipe["method"]))
+    recipe["out"] = out or str(RunFolder.default(recipe["data"], recipe["method"]).path)
     notes = _data_notes(old, data)
-    try:
-        cfg = TrainConfig(**recipe)
-    except ValidationError as exc:
-        raise config_error(exc, f"{old['name']}'s recorded recipe: ") from None
+    cfg = validated(TrainConfig, f"{old['name']}'s recorded recipe: ", **recipe)
 
     before = _evaluate(old["name"], plan, old, batch_size)  # first: a broken old model fails before training
     run = train(cfg, progress=progress)
-    after = _evaluate(run.info["name"], plan, old, batch_size)
+    after = _evaluate(run.info.name, plan, old, batch_size)
     rows, regressions = compare_metrics(before["metrics"], after["metrics"], max_regression)
     with connect() as conn:
-        for model_id, result in ((old["id"], before), (run.info["id"], after)):
+        for model_id, result in ((old["id"], before), (run.info.id, after)):
             store.record_eval(conn, model_id, "retrain", plan.data, len(result["examples"]), _params(plan),
                               result["metrics"])
-    return {"kind": "retrain", "old": old["name"], "new": run.info["name"], "new_run": str(run.dir), "base": base,
+    return {"kind": "retrain", "old": old["name"], "new": run.info.name, "new_run": str(run.dir), "base": base,
             "notes": notes,
             "eval": {"data": str(plan.data), "source": plan.source, "examples": len(after["examples"]),
                      "metrics": plan.metrics},
             "old_label": f"{old['name']} (on {old['base_ref']})",
-            "new_label": f"{run.info['name']} (on {base}, in {run.dir})", "rows": rows,
+            "new_label": f"{run.info.name} (on {base}, in {run.dir})", "rows": rows,
             "max_regression": max_regression, "regressions": regressions}
 
 
 def _data_notes(old: dict, data: str | None) -> list[str]:
     """Refuse a recipe whose data is gone (before any compute); note data that changed since."""
-    from ..models.gguf_import import file_digest
-
     if data:
         return []
     rec = old["data"]["train"]
@@ -239,10 +231,9 @@ def _adapter_on(conn, old: dict, new_base):
     """The old adapter over a new base, read with the new base's tokenizer (the base only knows its
     own); returns (ResolvedModel, a note when the tokenizer or template differ from training)."""
     from ..models import ResolvedModel
-    from .hashing import tokenizer_hash
 
-    run = Path(old["run_dir"])
-    resolved = ResolvedModel(old["name"], run.name, new_base.path, "run", adapter=run / "adapter", run=run,
+    run = RunFolder(old["run_dir"])
+    resolved = ResolvedModel(old["name"], run.path.name, new_base.path, "run", adapter=run.artifact("adapter"), run=run.path,
                              tokenizer=new_base.tokenizer_path)
     note = None
     if tokenizer_hash(conn, new_base.tokenizer_path) != old["base_tokenizer_sha256"]:

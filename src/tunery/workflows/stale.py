@@ -6,14 +6,13 @@ file unless something changed.
 """
 
 from ..errors import TuneryError
-from . import store
-from .hashing import tokenizer_hash, weights_hash
+from ..models import resolve_model
+from ..registry import store
+from ..registry.hashing import tokenizer_hash, weights_hash
 
 
 def current_base(conn, base_ref: str) -> dict:
     """{"weights", "tokenizer", "path"} of what `base_ref` resolves to now, or {"error"} when it does not."""
-    from ..models import resolve_model
-
     try:
         base = resolve_model(base_ref)
     except TuneryError as exc:
