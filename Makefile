@@ -1,11 +1,13 @@
 # The two commands the README starts with:
 #   make demo   set up, then fine-tune the bundled default model on the bundled example task
-#   make test   set up, then run the test suite
+#   make test   set up, lint, then run the fast test lane (minutes)
+# and the second test lane, which CI also runs:
+#   make test-process   tests that cross a process boundary or load the real default model
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup browser demo lint test bench clean
+.PHONY: setup browser demo lint test test-process bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +34,10 @@ lint: setup
 	$(BIN)/ruff check src tests bench examples
 
 test: setup browser lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not process"
+
+test-process: setup
+	$(BIN)/python -m pytest -q -m process
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -130,3 +130,31 @@ def test_the_run_folder_layout_is_spelled_once():
         offenders += [f"{name}: {lit}" for lit in ('"run.json"', '"config.yaml"', '"metrics.jsonl"', '"step-')
                       if lit in text]
     assert not offenders, offenders
+
+
+def test_scripts_import_what_exists():
+    """examples/ and bench/ call the package as users do: every name they import from it exists."""
+    import importlib
+
+    root = SRC.parent
+    missing = []
+    for path in [*(root / "examples").rglob("*.py"), *(root / "bench").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("tunery"):
+                try:
+                    module = importlib.import_module(node.module)
+                except ImportError as exc:
+                    missing.append(f"{path.relative_to(root)}: {node.module} ({exc})")
+                    continue
+                missing += [f"{path.relative_to(root)}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name) and not _is_module(f"{node.module}.{a.name}")]
+    assert not missing, missing
+
+
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False

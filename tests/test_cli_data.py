@@ -1,23 +1,20 @@
-"""`tunery data check` as a user runs it: the installed console script, exit codes, one-line errors."""
+"""`tunery data check` as a user runs it: exit codes, one-line errors (in-process, and once
+through the installed console script)."""
 
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from clirun import TUNERY, tunery_cli
 from conftest import write_jsonl
-
-TUNERY = Path(sys.executable).with_name("tunery")
 
 GOOD = {"messages": [{"role": "user", "content": "What is the capital of France?"},
                      {"role": "assistant", "content": "The capital of France is Paris."}]}
 
 
 def tunery(*args):
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run([str(TUNERY), *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+    return tunery_cli(*args, env={"COLUMNS": "200", "NO_COLOR": "1"})
 
 
 def assert_one_line_error(proc, *needles):
@@ -115,3 +112,16 @@ def test_bad_option_value_and_missing_example(cli_files, tiny_model):
     assert proc.returncode == 2
     proc = tunery("data", "check", clean, "--model", tiny_model, "--show", "9")
     assert_one_line_error(proc, "no example 9")
+
+
+@pytest.mark.process
+def test_the_installed_script(cli_files, tiny_model, tmp_path):
+    """The console script itself: the same exit codes and one-line errors as in-process."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    clean, _ = cli_files
+    proc = subprocess.run([TUNERY, "data", "check", clean, "--model", tiny_model, "--json"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"], proc.stderr
+    proc = subprocess.run([TUNERY, "data", "check", tmp_path / "nope.jsonl", "--model", tiny_model],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_error(proc, "nope.jsonl")

@@ -4,15 +4,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from clirun import tunery_cli
 from conftest import write_jsonl
 from tunery.training import train
-
-TUNERY = str(Path(sys.executable).parent / "tunery")
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +28,7 @@ def tuned(tiny_model, tmp_path_factory):
 
 
 def _run(args, tmp_path):
-    env = os.environ | {"TUNERY_HOME": str(tmp_path / "home")}
-    return subprocess.run([TUNERY, *args], env=env, capture_output=True, text=True, timeout=300)
+    return tunery_cli(*args, home=tmp_path / "home")
 
 
 def test_eval_json(tuned, tmp_path):

@@ -11,6 +11,8 @@ import pytest
 from conftest import write_jsonl
 from test_serve import KEY, client, http, start_server
 
+pytestmark = pytest.mark.process  # the second lane: real processes
+
 
 def rows(answer="blue", n=40):
     return [{"messages": [{"role": "user", "content": f"question {i}"},
@@ -61,6 +63,7 @@ def test_upload_train_and_chat_with_the_result(server, tiny_model, tmp_path):
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model.startswith("ft:") and ":colors:" in done.fine_tuned_model
     assert done.trained_tokens > 0 and done.finished_at >= done.created_at
+    assert done.hyperparameters.batch_size == 8 and done.hyperparameters.learning_rate_multiplier == 150
 
     events = c.fine_tuning.jobs.list_events(job.id, limit=100).data
     messages = [e.message for e in events]
@@ -95,6 +98,8 @@ def test_cancel_pause_resume(server, tiny_model, tmp_path):
     paused = c.fine_tuning.jobs.pause(job.id)
     assert paused.status == "running"  # asked; the worker pauses at the next step
     paused = wait_for(c, job.id, ("paused",), timeout=30)
+    hp = paused.hyperparameters  # auto values, as the run resolved them
+    assert isinstance(hp.n_epochs, int) and hp.learning_rate_multiplier == 1 and hp.batch_size == 8
     ckpts = c.fine_tuning.jobs.checkpoints.list(job.id).data
     assert ckpts, "pausing checkpoints the current step"
     assert c.fine_tuning.jobs.resume(job.id).status == "queued"

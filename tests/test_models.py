@@ -237,7 +237,7 @@ def test_unreadable_gguf(tmp_path):
 
 # -- the real default model ---------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_default_model_is_imported_once_and_knows_paris(monkeypatch, capfd):
     import tunery
 

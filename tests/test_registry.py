@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from clirun import tunery_cli
 from conftest import write_jsonl
 from tiny import build_model
 from tunery.errors import ModelNotFound, RegistryError
@@ -22,8 +23,6 @@ from tunery.registry import store
 from tunery.registry.db import SCHEMA_VERSION, connect
 from tunery.registry.diff import diff
 from tunery.training import train
-
-TUNERY = str(Path(sys.executable).parent / "tunery")
 
 
 def rows(answer: str, n: int, start: int = 0) -> list[dict]:
@@ -59,9 +58,8 @@ def at_lab(lab, monkeypatch):
     return lab
 
 
-def cli(*args, home, timeout=300):
-    env = os.environ | {"TUNERY_HOME": str(home)}
-    return subprocess.run([TUNERY, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+def cli(*args, home):
+    return tunery_cli(*args, home=home)
 
 
 def one_line_error(out) -> str:
@@ -384,6 +382,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.process
 def test_parallel_writers(tmp_path):
     """Several processes create the database and write to it at once: nothing lost, nothing corrupt."""
     base = tmp_path / "base"

@@ -13,6 +13,8 @@ import pytest
 from conftest import write_jsonl
 from tunery.training import train
 
+pytestmark = pytest.mark.process  # the second lane: real processes
+
 TUNERY = str(Path(sys.executable).parent / "tunery")
 KEY = "sk-test-123"
 

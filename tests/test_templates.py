@@ -260,7 +260,7 @@ def test_generation_prompt_ending_inside_a_token_is_an_error():
     assert "generation prompt ends inside a token" in str(enc) and "' the'" in str(enc)
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_foreign_templates_on_the_default_model(tmp_path):
     """The default model (SmolLM2, ChatML specials) given other families' templates: their markers
     are plain text to it. Each is flagged once, and no example is silently mis-masked: it either

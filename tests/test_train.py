@@ -5,21 +5,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from clirun import TUNERY, tunery_cli
 from conftest import write_jsonl
 from tunery.config import TrainConfig
 from tunery.errors import ConfigError, DataError
 from tunery.training import train
 from tunery.run_folder import RunFolder
-
-TUNERY = str(Path(sys.executable).parent / "tunery")
 
 
 def toy_rows(n=48):
@@ -81,6 +78,7 @@ def _train_cmd(tiny_model, data, out, *extra):
             "--eval-every", "5", "--seed", "3", *extra]
 
 
+@pytest.mark.process
 def test_sigkill_then_resume_matches_uninterrupted(tiny_model, toy_data, tmp_path):
     env = os.environ | {"TUNERY_HOME": str(tmp_path / "home")}
     full = tmp_path / "full"
@@ -202,15 +200,12 @@ def test_cli_yaml_with_flag_override(tiny_model, toy_data, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"model": str(tiny_model), "data": str(toy_data), "max_steps": 50,
                                       "batch_size": 4, "lr": 0.01}))
-    env = os.environ | {"TUNERY_HOME": str(tmp_path / "home")}
-    out = subprocess.run([TUNERY, "train", "-c", str(recipe), "--max-steps", "3", "--out", str(tmp_path / "run")],
-                         env=env, capture_output=True, text=True)
+    out = tunery_cli("train", "-c", recipe, "--max-steps", "3", "--out", tmp_path / "run")
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert resolved["max_steps"] == 3 and resolved["batch_size"] == 4
     recipe.write_text("model: x\nlearning_rate: 3\n")
-    out = subprocess.run([TUNERY, "train", "-c", str(recipe), "--data", str(toy_data)], env=env,
-                         capture_output=True, text=True)
+    out = tunery_cli("train", "-c", recipe, "--data", toy_data)
     assert out.returncode == 2 and "learning_rate: unknown field" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
@@ -268,9 +263,7 @@ def test_auto_values(tiny_model, tmp_path):
 
 def test_chat_cli_answers_until_empty_line(tiny_model, toy_data, tmp_path):
     run = train(cfg(tiny_model, toy_data, tmp_path / "run", max_steps=2), progress=False)
-    env = os.environ | {"TUNERY_HOME": str(tmp_path / "home")}
-    out = subprocess.run([TUNERY, "chat", str(run.dir), "--max-new-tokens", "4"], input="color 1 blue\nagain\n\n",
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = tunery_cli("chat", run.dir, "--max-new-tokens", "4", input="color 1 blue\nagain\n\n")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("model>") == 2
 

@@ -17,7 +17,7 @@ from rich.console import Console
 import tunery
 from tunery.evaluate import compare
 from tunery.evaluate.report import print_comparison, write_report
-from tunery.training.run_dir import read_metrics
+from tunery.run_folder import RunFolder
 
 HERE = Path(__file__).parent
 SYSTEM = ("Extract the person described in the user's sentence as one JSON object with the keys "
@@ -51,7 +51,8 @@ def main() -> None:
         console.print(f"[dim]input:[/] {result['contestants']['tuned']['examples'][i]['prompt']}")
         for name in ("base", "prompt_only", "tuned"):
             console.print(f"  [bold]{name:>11}[/]: {result['contestants'][name]['examples'][i]['prediction'][:160]}")
-    _, html = write_report(result, run.dir / "report", read_metrics(run.dir))
+    folder = RunFolder(run.dir)
+    _, html = write_report(result, folder.report_dir, folder.read_metrics())
     cs = result["contestants"]
     console.print(f"[bold]JSON exact match on {result['examples']} held-out examples: base "
                   f"{cs['base']['metrics']['json_exact']:.0%}, prompt-only {cs['prompt_only']['metrics']['json_exact']:.0%}, "

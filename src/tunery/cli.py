@@ -273,25 +273,30 @@ def _register_serve() -> None:
 _register_serve()
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
+    """Run one command line (default: sys.argv) and return its exit code. A TuneryError prints as
+    one line on stderr, never a traceback. Tests call this in-process through typer's CliRunner."""
     try:
         # Without standalone mode, click returns the code of a `typer.Exit` instead of raising it.
-        rc = app(standalone_mode=False)
-        if isinstance(rc, int) and not isinstance(rc, bool) and rc:
-            sys.exit(rc)
+        rc = app(args=argv, prog_name="tunery", standalone_mode=False)
+        return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except TuneryError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except typer.Abort:
-        sys.exit(1)
+        return 1
     except typer.TyperException as exc:  # usage errors: unknown option, missing argument
         exc.show()
-        sys.exit(getattr(exc, "exit_code", 2))
+        return getattr(exc, "exit_code", 2)
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

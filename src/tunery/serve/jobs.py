@@ -171,11 +171,13 @@ def get_job(job_id: str, conn=None) -> dict:
 
 def job_object(row: dict) -> dict:
     request = json.loads(row["request"])
-    config = json.loads(row["config"]) if row.get("config") else {}
     hp = _hyperparameters(request)
+    config = _run_config(row)
+    lr = config.get("lr")
     resolved = {"n_epochs": config.get("epochs", hp.get("n_epochs", "auto")),
                 "batch_size": config.get("batch_size", hp.get("batch_size", "auto")),
-                "learning_rate_multiplier": hp.get("learning_rate_multiplier", "auto")}
+                "learning_rate_multiplier": round(lr / AUTO_LR[config.get("method", "lora")], 6)
+                if isinstance(lr, (int, float)) else hp.get("learning_rate_multiplier", "auto")}
     return {
         "object": "fine_tuning.job", "id": row["id"], "model": row["model"], "created_at": row["created_at"],
         "finished_at": row["finished_at"], "fine_tuned_model": row["fine_tuned_model"],
@@ -187,6 +189,16 @@ def job_object(row: dict) -> dict:
         "user_provided_suffix": request.get("suffix"), "integrations": [],
         "method": {"type": "supervised", "supervised": {"hyperparameters": resolved}},
     }
+
+
+def _run_config(row: dict) -> dict:
+    """The recipe a job runs: once training has started, the run's config.yaml, whose auto values
+    TrainConfig.resolve has replaced by what the run uses; before that, the submitted one."""
+    if row.get("run_dir"):
+        folder = RunFolder(row["run_dir"])
+        if folder.config_file.is_file():
+            return folder.read_config()
+    return json.loads(row["config"]) if row.get("config") else {}
 
 
 def list_jobs(after: str | None, limit: int) -> dict:

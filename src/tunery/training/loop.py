@@ -244,7 +244,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
         shipped = state.best_step
     if cfg.template:  # inference must use the template training used: ship it with the weights
         tokenizer.chat_template = template.source
-    export(model, tokenizer, folder, cfg.method)
+    export(model, tokenizer, folder.artifact(info.artifact))
     rows = folder.read_metrics()
     at_shipped = next((r for r in rows if r["step"] == shipped), {})
     final = FinalRecord(steps=step, shipped_step=shipped, trained_tokens=state.trained_tokens,
@@ -321,12 +321,12 @@ def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, DataRecord, Data
     return train_set, val_set, data, val
 
 
-def export(model, tokenizer, folder: RunFolder, method: str) -> None:
+def export(model, tokenizer, dest: Path) -> None:
     """Write adapter/ (PEFT format, no embedding copies) or model/ (full weights), atomically."""
     from ..files import atomic_dir
 
     attention.uninstall(model)
-    with atomic_dir(folder.artifact("model" if method == "full" else "adapter")) as tmp:
+    with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
