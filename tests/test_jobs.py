@@ -25,8 +25,8 @@ def home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(home):
-    proc, url = start_server(home, "--api-key", KEY)
+def server(home, tiny_model):
+    proc, url = start_server(home, "--api-key", KEY, "--base", f"tiny={tiny_model}")
     yield url
     proc.kill()
     proc.wait()
@@ -55,7 +55,7 @@ def test_upload_train_and_chat_with_the_result(server, tiny_model, tmp_path):
     assert c.files.retrieve(f.id).purpose == "fine-tune"
     assert c.files.content(f.id).read() == (tmp_path / "train.jsonl").read_bytes()
     job = c.fine_tuning.jobs.create(
-        model=str(tiny_model), training_file=f.id, suffix="colors", seed=3,
+        model="tiny", training_file=f.id, suffix="colors", seed=3,
         hyperparameters={"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 150},
         extra_body={"tunery": {"max_steps": 40, "val_split": 0.1, "save_every": 10, "eval_every": 10}})
     assert job.status == "validating_files" and job.id.startswith("ftjob-")
@@ -91,7 +91,7 @@ def test_cancel_pause_resume(server, tiny_model, tmp_path):
     c = client(server)
     f = upload(c, tmp_path, rows("green"))
     slow = {"tunery": {"max_steps": 100000, "val_split": 0, "save_every": 1000}}
-    job = c.fine_tuning.jobs.create(model=str(tiny_model), training_file=f.id, extra_body=slow)
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, extra_body=slow)
     wait_for(c, job.id, ("running",))
     while not c.fine_tuning.jobs.retrieve(job.id).trained_tokens:
         time.sleep(0.1)
@@ -116,7 +116,7 @@ def test_bad_file_fails_validation_with_line_numbers(server, tiny_model, tmp_pat
     c = client(server)
     bad = rows()[:3] + [{"messages": [{"role": "user", "content": "only a question"}]}, "{not json"]
     f = upload(c, tmp_path, bad, "bad.jsonl")
-    job = c.fine_tuning.jobs.create(model=str(tiny_model), training_file=f.id)
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id)
     failed = wait_for(c, job.id, ("failed", "succeeded"))
     assert failed.status == "failed" and failed.error.param == "training_file"
     assert "line 4" in failed.error.message and "no_assistant" in failed.error.message
@@ -127,20 +127,20 @@ def test_bad_requests(server, tiny_model, tmp_path):
     c = client(server)
     f = upload(c, tmp_path, rows())
     with pytest.raises(openai.BadRequestError) as e:
-        c.fine_tuning.jobs.create(model=str(tiny_model), training_file="file-" + "0" * 24)
+        c.fine_tuning.jobs.create(model="tiny", training_file="file-" + "0" * 24)
     assert e.value.body["param"] == "training_file"
     with pytest.raises(openai.BadRequestError) as e:
         c.fine_tuning.jobs.create(model="no-such-model", training_file=f.id)
     assert e.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as e:
-        c.fine_tuning.jobs.create(model=str(tiny_model), training_file=f.id, hyperparameters={"n_epochs": 0})
-    status, body = http("POST", server + "/v1/fine_tuning/jobs", {"model": str(tiny_model)})
+        c.fine_tuning.jobs.create(model="tiny", training_file=f.id, hyperparameters={"n_epochs": 0})
+    status, body = http("POST", server + "/v1/fine_tuning/jobs", {"model": "tiny"})
     assert status == 400 and body["error"]["param"] == "training_file"
     # The tunery extension tunes the recipe but names no server path and no code.
     for field, value in (("data", "/etc/passwd"), ("template", "/etc/passwd"), ("out", "/tmp/x"),
                          ("eval_metric", "os:system")):
         status, body = http("POST", server + "/v1/fine_tuning/jobs",
-                            {"model": str(tiny_model), "training_file": f.id, "tunery": {field: value}})
+                            {"model": "tiny", "training_file": f.id, "tunery": {field: value}})
         assert status == 400 and body["error"]["param"] == f"tunery.{field}", body
     with pytest.raises(openai.NotFoundError):
         c.fine_tuning.jobs.retrieve("ftjob-" + "1" * 24)
@@ -165,10 +165,10 @@ def test_upload_limit(home, tmp_path):
 
 def test_server_killed_mid_job_resumes_after_restart(tiny_model, tmp_path):
     home = tmp_path / "home"
-    proc, url = start_server(home)
+    proc, url = start_server(home, "--base", f"tiny={tiny_model}")
     c = client(url)
     f = upload(c, tmp_path, rows())
-    job = c.fine_tuning.jobs.create(model=str(tiny_model), training_file=f.id, extra_body={
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, extra_body={
         "tunery": {"max_steps": 600, "val_split": 0, "save_every": 50, "lr": 0.01}})
     wait_for(c, job.id, ("running",))
     while (c.fine_tuning.jobs.checkpoints.list(job.id).data or [None])[0] is None:
@@ -187,7 +187,10 @@ def test_server_killed_mid_job_resumes_after_restart(tiny_model, tmp_path):
         assert done.status == "succeeded", done.error
         steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert steps == list(range(1, 601)), "resumed from the checkpoint: no step lost or repeated"
-        assert any("resumed" in e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=1000).data)
+        events = c.fine_tuning.jobs.list_events(job.id, limit=1000).data
+        assert any("resumed" in e.message for e in events)
+        logged = [e.data["step"] for e in events if e.type == "metrics"]
+        assert sorted(logged) == sorted(set(logged)), "a re-run step is logged once"
     finally:
         proc.kill()
         proc.wait()

@@ -60,23 +60,33 @@ def start_server(home: Path, *extra) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_model, tmp_path_factory):
-    """Two LoRA fine-tunes over the same tiny base, taught different fixed answers."""
+def serve_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve-home")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, serve_home, tmp_path_factory):
+    """Two LoRA fine-tunes over the same tiny base, taught different fixed answers, registered in
+    the server's registry: {answer: registry name}."""
     folder = tmp_path_factory.mktemp("serve")
-    os.environ.setdefault("TUNERY_HOME", str(folder / "home"))
     out = {}
-    for answer in ("blue", "green"):
-        rows = [{"messages": [{"role": "user", "content": f"question {i}"},
-                              {"role": "assistant", "content": f"the color is {answer}"}]} for i in range(32)]
-        data = write_jsonl(folder / f"{answer}.jsonl", rows)
-        out[answer] = train(dict(model=str(tiny_model), data=str(data), out=str(folder / answer), max_steps=60,
-                                 lr=3e-2, batch_size=8, val_split=0), progress=False).dir
+    before = os.environ.get("TUNERY_HOME")
+    os.environ["TUNERY_HOME"] = str(serve_home)
+    try:
+        for answer in ("blue", "green"):
+            rows = [{"messages": [{"role": "user", "content": f"question {i}"},
+                                  {"role": "assistant", "content": f"the color is {answer}"}]} for i in range(32)]
+            data = write_jsonl(folder / f"{answer}.jsonl", rows)
+            out[answer] = train(dict(model="tiny", data=str(data), out=str(folder / answer), max_steps=60,
+                                     lr=3e-2, batch_size=8, val_split=0), progress=False).info.name
+    finally:
+        os.environ["TUNERY_HOME"] = before
     return out
 
 
 @pytest.fixture(scope="module")
-def server(runs, tmp_path_factory):
-    proc, url = start_server(tmp_path_factory.mktemp("home"), "--api-key", KEY, "--max-adapters", "1")
+def server(runs, serve_home, tiny_model):
+    proc, url = start_server(serve_home, "--api-key", KEY, "--max-adapters", "1", "--base", f"tiny={tiny_model}")
     yield url
     proc.kill()
     proc.wait()
@@ -93,11 +103,11 @@ def test_chat_switches_adapters_over_one_base(server, runs, tiny_model):
     ask = [{"role": "user", "content": "question 99"}]
     for _ in range(2):  # max_adapters=1: every switch evicts and reloads an adapter
         for answer, run in runs.items():
-            r = c.chat.completions.create(model=str(run), messages=ask, max_tokens=24, temperature=0)
+            r = c.chat.completions.create(model=run, messages=ask, max_tokens=24, temperature=0)
             assert r.choices[0].message.content == f"the color is {answer}"
             assert r.choices[0].finish_reason == "stop"
             assert r.usage.prompt_tokens > 5 and r.usage.completion_tokens == r.usage.total_tokens - r.usage.prompt_tokens
-    base = c.chat.completions.create(model=str(tiny_model), messages=ask, max_tokens=5, temperature=0)
+    base = c.chat.completions.create(model="tiny", messages=ask, max_tokens=5, temperature=0)
     assert base.choices[0].message.content not in ("the color is blue", "the color is green")
     assert base.choices[0].finish_reason == "length" and base.usage.completion_tokens == 5
 
@@ -105,7 +115,7 @@ def test_chat_switches_adapters_over_one_base(server, runs, tiny_model):
 def test_streaming_matches_plain(server, runs):
     c = client(server)
     ask = [{"role": "user", "content": "question 7"}]
-    stream = c.chat.completions.create(model=str(runs["blue"]), messages=ask, max_tokens=24, stream=True, temperature=0,
+    stream = c.chat.completions.create(model=runs["blue"], messages=ask, max_tokens=24, stream=True, temperature=0,
                                        stream_options={"include_usage": True})
     pieces, finish, usage = [], None, None
     for ch in stream:
@@ -124,7 +134,7 @@ def test_concurrent_requests_are_all_answered(server, runs):
 
     def ask(i):
         run = runs["blue" if i % 2 else "green"]
-        r = c.chat.completions.create(model=str(run), messages=[{"role": "user", "content": f"question {i}"}],
+        r = c.chat.completions.create(model=run, messages=[{"role": "user", "content": f"question {i}"}],
                                       max_tokens=24, temperature=0)
         return i, r.choices[0].message.content
 
@@ -135,11 +145,11 @@ def test_concurrent_requests_are_all_answered(server, runs):
 
 def test_sampling_with_seed_is_reproducible(server, runs, tiny_model):
     c = client(server)
-    kw = dict(model=str(tiny_model), messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
               temperature=1.0, top_p=0.9, seed=5)
     assert c.chat.completions.create(**kw).choices[0].message.content == \
         c.chat.completions.create(**kw).choices[0].message.content
-    stop = c.chat.completions.create(model=str(runs["blue"]), messages=[{"role": "user", "content": "question 3"}],
+    stop = c.chat.completions.create(model=runs["blue"], messages=[{"role": "user", "content": "question 3"}],
                                      max_tokens=24, stop=["is"], temperature=0)
     assert stop.choices[0].message.content == "the color " and stop.choices[0].finish_reason == "stop"
 
@@ -153,14 +163,14 @@ def test_errors_have_openai_shape_and_codes(server, runs):
     assert e.value.body["code"] == "model_not_found"
     with pytest.raises(openai.AuthenticationError):
         client(server, key="wrong").models.list()
-    status, body = http("POST", server + "/v1/chat/completions", {"model": str(runs["blue"])})
+    status, body = http("POST", server + "/v1/chat/completions", {"model": runs["blue"]})
     assert status == 400 and body["error"]["param"] == "messages"
     status, body = http("POST", server + "/v1/chat/completions",
-                        {"model": str(runs["blue"]), "messages": [{"role": "user", "content": "x"}], "temperature": 9})
+                        {"model": runs["blue"], "messages": [{"role": "user", "content": "x"}], "temperature": 9})
     assert status == 400 and body["error"]["param"] == "temperature"
     ids = [m.id for m in c.models.list().data]
-    assert "default" in ids and str(runs["blue"]) in ids  # models in use are listed
-    assert c.models.retrieve(str(runs["blue"])).id == str(runs["blue"])
+    assert {"default", "tiny", runs["blue"], runs["green"]} <= set(ids) and not [i for i in ids if "/" in i]
+    assert c.models.retrieve(runs["blue"]).id == runs["blue"]
 
 
 def test_refuses_public_bind_without_key(tmp_path):
@@ -198,7 +208,7 @@ def test_incremental_text_matches_decoding_everything(tiny_model):
 def test_several_choices_plain_and_streamed(server, runs):
     """n > 1: n answers, each reproducible with a seed, also streamed (deltas tagged by index)."""
     c = client(server)
-    kw = dict(model=str(runs["blue"]), messages=[{"role": "user", "content": "question 3"}], max_tokens=12,
+    kw = dict(model=runs["blue"], messages=[{"role": "user", "content": "question 3"}], max_tokens=12,
               temperature=1.0, seed=11, n=3)
     first, again = c.chat.completions.create(**kw), c.chat.completions.create(**kw)
     texts = [ch.message.content for ch in first.choices]

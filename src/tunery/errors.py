@@ -54,10 +54,18 @@ class RegressionError(TuneryError):
     """A retrained or re-evaluated model scored worse than allowed (a CI gate failing on purpose)."""
 
 
+def field_of(loc) -> str:
+    """A pydantic error location as a dotted field name: without the union-member tags pydantic
+    adds (`literal['auto']`, `constrained-str`) and the request parts FastAPI adds (`body`)."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in ("body", "query", "path") or any(
+        c in p for c in "[-(")))]
+    return ".".join(parts)
+
+
 def config_error(exc, source: str = "") -> ConfigError:
     """The one-line error for a pydantic ValidationError: its first problem, naming the field."""
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "config"
+    field = field_of(err["loc"]) or "config"
     msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
     return ConfigError(f"{source}{field}: {msg} (got {err.get('input')!r})", field=field)
 

@@ -1,7 +1,7 @@
 """Batched generation through the model's chat template, the same template training used."""
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .data.render import stop_token_ids
 from .data.template import load_template
@@ -14,12 +14,15 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # stop | length
+    token_ids: list[int] = field(default_factory=list)  # the answer's tokens, the end-of-turn token excluded
 
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[int], *, max_new_tokens: int,
                    temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
-                   streamer=None) -> list[Generation]:
-    """One left-padded batch through `model.generate` (KV cache), cut at end-of-turn or a stop string."""
+                   streamer=None, stopping_criteria=None) -> list[Generation]:
+    """One left-padded batch through `model.generate` (KV cache), cut at end-of-turn or a stop string.
+    `stopping_criteria` (transformers StoppingCriteria) may end rows early; such a row reports
+    finish_reason "length" with the tokens it has."""
     import torch
 
     pad = tokenizer.pad_token_id
@@ -36,7 +39,8 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[in
         out = model.generate(
             input_ids=ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
             do_sample=sampling, temperature=temperature if sampling else None, top_p=top_p if sampling else None,
-            top_k=None, eos_token_id=stop_ids, pad_token_id=pad, use_cache=True, streamer=streamer, **extra)
+            top_k=None, eos_token_id=stop_ids, pad_token_id=pad, use_cache=True, streamer=streamer,
+            stopping_criteria=stopping_criteria, **extra)
     results = []
     for r, p in enumerate(prompts):
         new = out[r, width:].tolist()
@@ -47,7 +51,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[in
         for s in stop or []:
             if s in text:
                 text, finish = text[: text.index(s)], "stop"
-        results.append(Generation(text, len(p), len(kept) + (end is not None), finish))
+        results.append(Generation(text, len(p), len(kept) + (end is not None), finish, kept))
     return results
 
 

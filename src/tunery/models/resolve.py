@@ -100,6 +100,13 @@ def _resolve_run(ref: str, folder: RunFolder) -> ResolvedModel:
                         "resume it with `tunery train --out RUN --resume`")
 
 
+def resolve_registered(ref: str) -> ResolvedModel | None:
+    """A registry name or id (never a folder path), or None when the registry has no such model."""
+    if Path(str(ref)).expanduser().exists():
+        return None
+    return _resolve_registered(str(ref).strip(), required=False)
+
+
 def _resolve_registered(ref: str, required: bool) -> ResolvedModel | None:
     """A registry name or id: its run folder, with the base found from the recorded (absolute)
     reference rather than config.yaml's, which may be relative to another working directory."""

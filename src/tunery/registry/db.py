@@ -129,7 +129,12 @@ def _m004_files_jobs(c: sqlite3.Connection) -> None:
     c.execute("CREATE INDEX job_events_job ON job_events(job_id, id)")
 
 
-MIGRATIONS = [_m001_models, _m002_evals, _m003_hash_cache, _m004_files_jobs]
+def _m005_job_attempts(c: sqlite3.Connection) -> None:
+    # How many times a worker has taken the job up; one that keeps killing its worker fails.
+    c.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS = [_m001_models, _m002_evals, _m003_hash_cache, _m004_files_jobs, _m005_job_attempts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -9,8 +9,19 @@ serve/jobs.py's; nothing here knows HTTP.
 import json
 import time
 
-JOB_COLUMNS = frozenset({"status", "control", "error", "fine_tuned_model", "trained_tokens", "estimated_finish",
-                         "run_dir", "worker_pid", "config", "finished_at"})
+JOB_COLUMNS = frozenset({"control", "error", "fine_tuned_model", "trained_tokens", "estimated_finish",
+                         "run_dir", "worker_pid", "config", "finished_at", "attempts"})
+TERMINAL = ("succeeded", "failed", "cancelled")
+# The one table of a job's status changes: a status may be entered only from these. A terminal
+# status is entered from no other and left for none, so a cancel can never be overwritten.
+TRANSITIONS = {
+    "queued": ("validating_files", "paused"),
+    "running": ("queued", "running"),  # running -> running: a new worker resumes an orphaned job
+    "paused": ("queued", "running"),
+    "succeeded": ("running",),
+    "failed": ("validating_files", "queued", "running"),
+    "cancelled": ("validating_files", "queued", "running", "paused"),
+}
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -54,12 +65,34 @@ def list_jobs(conn) -> list[dict]:
 
 
 def update_job(conn, job_id: str, **fields) -> None:
+    """Columns other than status (which only `transition` changes)."""
     unknown = set(fields) - JOB_COLUMNS
     if unknown:
         raise ValueError(f"not a job column: {', '.join(sorted(unknown))}")
     if fields:
         sets = ", ".join(f"{k} = ?" for k in fields)
         conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+
+
+def transition(conn, job_id: str, status: str, *, only_from: tuple[str, ...] | None = None, **fields) -> bool:
+    """Compare-and-set the job's status (and `fields` with it) if TRANSITIONS allows entering
+    `status` from the current one (narrowed by `only_from`). False when the job was elsewhere:
+    someone else (a cancel, a pause) moved it first, and their change stands."""
+    allowed = [s for s in TRANSITIONS[status] if only_from is None or s in only_from]
+    unknown = set(fields) - JOB_COLUMNS
+    if unknown:
+        raise ValueError(f"not a job column: {', '.join(sorted(unknown))}")
+    sets = "".join(f", {k} = ?" for k in fields)
+    marks = ", ".join("?" for _ in allowed)
+    cur = conn.execute(f"UPDATE jobs SET status = ?{sets} WHERE id = ? AND status IN ({marks})",
+                       (status, *fields.values(), job_id, *allowed))
+    return cur.rowcount == 1
+
+
+def set_control(conn, job_id: str, word: str) -> bool:
+    """Ask the worker running the job to pause or cancel it; False if it is not running."""
+    cur = conn.execute("UPDATE jobs SET control = ? WHERE id = ? AND status = 'running'", (word, job_id))
+    return cur.rowcount == 1
 
 
 def claimable_jobs(conn) -> list[dict]:
@@ -82,6 +115,12 @@ def control_word(conn, job_id: str) -> str | None:
 def add_event(conn, job_id: str, level: str, message: str, data: dict | None = None, type: str = "message") -> None:
     conn.execute("INSERT INTO job_events (job_id, created_at, level, type, message, data) VALUES (?, ?, ?, ?, ?, ?)",
                  (job_id, int(time.time()), level, type, message, json.dumps(data) if data is not None else None))
+
+
+def forget_metrics_from(conn, job_id: str, step: int) -> None:
+    """A resumed job re-runs the steps after its checkpoint: their earlier events go."""
+    conn.execute("DELETE FROM job_events WHERE job_id = ? AND type = 'metrics' AND "
+                 "CAST(json_extract(data, '$.step') AS INTEGER) >= ?", (job_id, step))
 
 
 def list_events(conn, job_id: str, before_id: int | None, limit: int) -> list[dict]:

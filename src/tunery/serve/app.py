@@ -1,4 +1,11 @@
-"""The OpenAI-compatible HTTP API (FastAPI): models and chat completions."""
+"""The OpenAI-compatible HTTP API (FastAPI): models, chat completions, files and fine-tuning jobs.
+
+The outermost layer (Guard) checks the API key, and an upload's declared size, before any body is
+read. Models are named through the Catalog (catalog.py): the default, configured bases and
+registered fine-tunes, never a path. A chat request is checked against the model's context when
+it is submitted; a client that disconnects cancels its generation; shutdown stops generation at
+the next token.
+"""
 
 import asyncio
 import json
@@ -6,62 +13,65 @@ import queue
 import secrets
 import time
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from ..errors import ModelNotFound, TuneryError
 from ..generation import IncrementalText
 from . import errors
+from .catalog import Catalog
 from .engine import ChatRequest, Engine
-from .errors import APIError
 from .schemas import ChatCompletionRequest
+from .supervisor import WorkerSupervisor
 
 DEFAULT_MAX_TOKENS = 256
+UPLOAD_SLACK = 1_000_000  # multipart framing around an upload's bytes
+MAX_JSON_BYTES = 16 * 2**20  # any other request body
 
 
 def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs_worker: bool = True,
-               max_upload_bytes: int = 512 * 2**20) -> FastAPI:
-    """The API. With `jobs_worker`, a worker process runs fine-tuning jobs beside the web process."""
+               max_upload_bytes: int = 512 * 2**20, catalog: Catalog | None = None) -> FastAPI:
+    """The API. With `jobs_worker`, a supervised worker process runs fine-tuning jobs beside it."""
     from contextlib import asynccontextmanager
+
+    catalog = catalog or Catalog()
 
     @asynccontextmanager
     async def lifespan(app):
-        worker = _start_worker() if jobs_worker else None
-        yield
+        worker = WorkerSupervisor() if jobs_worker else None
         if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=10)
+            worker.start()
+        yield
+        app.state.engine.close()
+        if worker is not None:
+            worker.stop()
 
-    app = FastAPI(title="tunery", version="0.1.0", lifespan=lifespan)
-    app.state.engine = engine or Engine()
+    # The generated docs describe every route: behind a key, they stay behind it (off).
+    docs = {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="tunery", version="0.1.0", lifespan=lifespan, **docs)
+    app.state.engine = engine or Engine(resolver=catalog.resolve)
+    app.state.catalog = catalog
     errors.install(app)
+    app.add_middleware(Guard, api_key=api_key, max_upload_bytes=max_upload_bytes)
 
-    async def auth(request: Request):
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-
-    guarded = [Depends(auth)]
     from .ft_routes import router
 
-    app.include_router(router(max_upload_bytes, guarded))
+    app.include_router(router(max_upload_bytes, catalog))
 
-    @app.get("/v1/models", dependencies=guarded)
+    @app.get("/v1/models")
     async def list_models():
-        return {"object": "list", "data": [_model_card(m) for m in _served_models(app.state.engine)]}
+        names = await asyncio.to_thread(catalog.names)
+        return {"object": "list", "data": [_model_card(m) for m in names]}
 
-    @app.get("/v1/models/{model_id:path}", dependencies=guarded)
+    @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
-        _resolve(app.state.engine, model_id)
+        await asyncio.to_thread(_resolve, app.state.engine, model_id)
         return _model_card(model_id)
 
-    @app.post("/v1/chat/completions", dependencies=guarded)
-    async def chat_completions(body: ChatCompletionRequest):
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
         eng = app.state.engine
-        _resolve(eng, body.model)
+        await asyncio.to_thread(_resolve, eng, body.model)
         # n choices are n requests: the engine batches those that share their settings; a seed
         # gives choice i the seed + i, so the choices differ and each is reproducible.
         reqs = [ChatRequest(
@@ -73,10 +83,18 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
         if body.stream:
             for req in reqs:
                 req.stream = queue.Queue()
-                eng.submit(req)
+        futures = []
+        try:
+            for req in reqs:  # rendering and tokenizing a long prompt must not block the event loop
+                futures.append(asyncio.wrap_future(await asyncio.to_thread(eng.submit, req)))
+        except BaseException:
+            for req in reqs:
+                req.cancel()
+            raise
+        if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_stream(eng, reqs, cid, created, usage), media_type="text/event-stream")
-        gens = await asyncio.gather(*(asyncio.wrap_future(eng.submit(req)) for req in reqs))
+        gens = await _until_done_or_gone(request, futures, reqs)
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": body.model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": gen.text},
@@ -87,11 +105,55 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
     return app
 
 
-def _start_worker():
-    import subprocess
-    import sys
+class Guard:
+    """Pure ASGI middleware, outermost: the API key on every path, and a body's declared
+    Content-Length against its limit (uploads: --max-upload-mb; JSON: MAX_JSON_BYTES), both before
+    a byte of the body is read. A body without a Content-Length is refused (411)."""
 
-    return subprocess.Popen([sys.executable, "-m", "tunery.serve.worker"])
+    def __init__(self, app, api_key: str | None, max_upload_bytes: int):
+        self.app, self.api_key, self.max_upload_bytes = app, api_key, max_upload_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.api_key is not None:
+            header = headers.get(b"authorization", b"").decode("latin-1")
+            given = header[7:] if header.lower().startswith("bearer ") else ""
+            if not secrets.compare_digest(given.encode(), self.api_key.encode()):
+                return await _reply(send, 401, "Incorrect API key provided.", code="invalid_api_key")
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        if b"transfer-encoding" in headers and not length:
+            return await _reply(send, 411, "a request body must declare its Content-Length")
+        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
+            if not length.isdigit():
+                return await _reply(send, 411, "an upload must declare its Content-Length", param="file")
+            if int(length) > self.max_upload_bytes + UPLOAD_SLACK:
+                return await _reply(send, 413, f"upload larger than the server's limit of {self.max_upload_bytes} "
+                                    "bytes", code="file_too_large", param="file")
+        elif length.isdigit() and int(length) > MAX_JSON_BYTES:
+            return await _reply(send, 413, f"request body larger than {MAX_JSON_BYTES} bytes")
+        return await self.app(scope, receive, send)
+
+
+async def _reply(send, status: int, message: str, code=None, param=None) -> None:
+    body = json.dumps(errors.error_body(message, code=code, param=param)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _until_done_or_gone(request: Request, futures: list, reqs: list[ChatRequest]):
+    """The generations, or (when the client disconnects first) the requests cancelled."""
+    pending = set(futures)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+        if pending and await request.is_disconnected():
+            for req in reqs:
+                req.cancel()
+            break
+    return [f.result() for f in futures]
 
 
 def _usage(prompt: int, completion: int) -> dict:
@@ -111,19 +173,10 @@ def _message(m) -> dict:
 def _resolve(engine: Engine, model: str):
     try:
         return engine.resolve(model)
-    except TuneryError as exc:
-        raise ModelNotFound(f"The model '{model}' does not exist: {exc}", field="model") from None
-
-
-def _served_models(engine: Engine) -> list[str]:
-    names = ["default", *engine.served_names()]  # the bundled base and every model asked for so far
-    from ..registry import store
-    from ..registry.db import connect
-
-    with connect(create=False) as conn:
-        if conn is not None:
-            names += [m["name"] for m in store.list_models(conn) if m.get("status") == "completed"]
-    return list(dict.fromkeys(names))
+    except ModelNotFound:
+        raise
+    except TuneryError:  # no detail: it could tell a client what exists on the server
+        raise ModelNotFound(f"The model '{model}' does not exist", field="model") from None
 
 
 def _model_card(model_id: str) -> dict:
@@ -132,7 +185,16 @@ def _model_card(model_id: str) -> dict:
 
 async def _stream(engine: Engine, reqs: list[ChatRequest], cid: str, created: int, include_usage: bool):
     """Server-sent events in the chat.completion.chunk shape: each choice's text deltas, decoded
-    incrementally, tagged with its index as they come."""
+    incrementally, tagged with its index as they come. A client that goes away cancels them."""
+    try:
+        async for event in _events(engine, reqs, cid, created, include_usage):
+            yield event
+    finally:  # normal end: a no-op; a disconnect (the generator closed): generation stops
+        for req in reqs:
+            req.cancel()
+
+
+async def _events(engine: Engine, reqs: list[ChatRequest], cid: str, created: int, include_usage: bool):
     model = reqs[0].model
 
     def chunk(index: int, delta: dict, finish=None, usage=None) -> str:

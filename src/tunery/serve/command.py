@@ -25,19 +25,27 @@ def serve(
     max_adapters: int = typer.Option(8, "--max-adapters", min=1, help="LoRA adapters kept loaded per base"),
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", min=1, help="Largest file accepted by POST /v1/files"),
     jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="Run fine-tuning jobs in a worker process"),
+    base: list[str] = typer.Option([], "--base", help="A base model clients may name: NAME=REF (any model "
+                                   "reference) or REF; repeatable. `default` and registered fine-tunes are always servable"),
 ):
     """Serve models through an OpenAI-compatible API."""
     if not is_loopback(host) and not api_key:
         raise ConfigError(f"host: refusing to bind {host} (reachable from other machines) without --api-key")
+    from .catalog import Catalog, parse_bases
+
+    catalog = Catalog(parse_bases(base))
+    catalog.check()
     _check_port_free(host, port)
     import uvicorn
 
     from .app import create_app
     from .engine import Engine
 
-    app = create_app(Engine(max_adapters=max_adapters), api_key=api_key, jobs_worker=jobs,
-                     max_upload_bytes=max_upload_mb * 2**20)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    app = create_app(Engine(max_adapters=max_adapters, resolver=catalog.resolve), api_key=api_key, jobs_worker=jobs,
+                     max_upload_bytes=max_upload_mb * 2**20, catalog=catalog)
+    # On SIGTERM / Ctrl-C: stop taking requests, give those in flight a few seconds, then stop
+    # generation at the next token (the lifespan's engine.close()).
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
 
 def _check_port_free(host: str, port: int) -> None:

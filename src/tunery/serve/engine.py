@@ -1,8 +1,19 @@
 """The inference engine behind the server: one loaded base per base model, many LoRA adapters
 over it (switched per request, never reloading the base, kept in a bounded LRU), and a single
-worker thread that batches queued requests for the same model and sampling settings."""
+worker thread that batches queued requests for the same model and sampling settings.
+
+Guarantees, so one request cannot stall the others:
+  - a request is checked when it is submitted, in the caller's thread: its prompt plus
+    `max_tokens` must fit the model's context, else a ConfigError (an HTTP 400);
+  - requests are served round-robin: a batch that has generated QUANTUM tokens while others wait
+    is preempted; its unfinished requests keep what they generated and rejoin the back of the
+    queue (their prompt then holds the tokens so far; a seeded request keeps its RNG state);
+  - a cancelled request (its client went away) stops generating at the next token;
+  - `close()` stops the running batch at the next token and fails everything queued.
+"""
 
 import hashlib
+import json
 import queue
 import threading
 from collections import OrderedDict
@@ -11,9 +22,16 @@ from dataclasses import dataclass, field, replace
 
 from ..data.render import stop_token_ids
 from ..data.template import load_template
-from ..errors import TuneryError
+from ..errors import ConfigError, TuneryError
 from ..generation import Generation, generate_batch
 from ..models import ResolvedModel, resolve_model
+
+QUANTUM = 16  # tokens a batch generates before it yields to waiting requests
+CONTEXT_FALLBACK = 2048  # for a model whose config names no context length
+
+
+class Cancelled(TuneryError):
+    """The request was cancelled (its client disconnected, or the server is shutting down)."""
 
 
 @dataclass
@@ -27,6 +45,11 @@ class ChatRequest:
     seed: int | None = None
     stream: "queue.Queue | None" = None  # receives token-id lists, then None at the end
     future: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set by the engine: the rendered prompt, and what earlier turns of generation produced.
+    prompt_ids: list[int] = field(default_factory=list)
+    done_ids: list[int] = field(default_factory=list)
+    rng_state: object = None
 
     def batch_key(self):
         """Requests that can share one generate call: same model, same greedy/sampling settings."""
@@ -34,149 +57,280 @@ class ChatRequest:
             return None  # streamed and seeded requests run alone
         return (self.model, self.temperature, self.top_p, tuple(self.stop or ()))
 
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Prompting:
+    """What checking and rendering a request needs, without the weights."""
+
+    tokenizer: object
+    template: object
+    stop_ids: list[int]
+    context: int
+
 
 @dataclass
 class _Base:
     model: object  # a transformers model, or a PeftModel once an adapter is loaded
     tokenizer: object
-    template: object
-    stop_ids: list[int]
-    adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter path -> (name, template)
+    adapters: OrderedDict = field(default_factory=OrderedDict)  # adapter path -> adapter name
 
 
 class Engine:
-    def __init__(self, max_adapters: int = 8, max_bases: int = 2, max_batch: int = 16, device: str | None = None):
+    def __init__(self, max_adapters: int = 8, max_bases: int = 2, max_batch: int = 16, device: str | None = None,
+                 resolver=None, quantum: int = QUANTUM):
+        """`resolver` turns a request's model name into a ResolvedModel (the server passes its
+        Catalog's, which admits only names the API may use); default: any model reference."""
         self.max_adapters, self.max_bases, self.max_batch, self.device = max_adapters, max_bases, max_batch, device
+        self.quantum = quantum
+        self._resolver = resolver or resolve_model
         self._bases: OrderedDict[str, _Base] = OrderedDict()
+        self._prompting: dict[str, _Prompting] = {}
         self._pending: list[ChatRequest] = []
         self._cv = threading.Condition()
+        self._lock = threading.Lock()  # resolving and prompting caches, from request threads
         self._resolved: dict[str, ResolvedModel] = {}
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="tunery-engine", daemon=True)
         self._thread.start()
 
     # -- public -----------------------------------------------------------------------------------
     def resolve(self, name: str) -> ResolvedModel:
-        if name not in self._resolved:
-            self._resolved[name] = resolve_model(name)
-        return self._resolved[name]
-
-    def served_names(self) -> list[str]:
-        return list(self._resolved)
+        with self._lock:
+            if name not in self._resolved:
+                self._resolved[name] = self._resolver(name)
+            return self._resolved[name]
 
     def submit(self, req: ChatRequest) -> Future:
-        self.resolve(req.model)  # unknown models fail here, in the caller's thread
+        """Check and queue a request (blocking: renders and tokenizes the prompt; call it off the
+        event loop). Unknown models and prompts beyond the context fail here, in the caller's thread."""
+        resolved = self.resolve(req.model)
+        p = self._prompting_for(resolved)
+        text = p.template.render(req.messages, None, add_generation_prompt=True)
+        req.prompt_ids = p.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(req.prompt_ids) + req.max_tokens > p.context:
+            raise ConfigError(f"This model's maximum context length is {p.context} tokens; the messages take "
+                              f"{len(req.prompt_ids)} and max_tokens asks for {req.max_tokens} more. Shorten the "
+                              "messages or lower max_tokens.", "messages" if len(req.prompt_ids) >= p.context
+                              else "max_tokens")
         with self._cv:
+            if self._closed:
+                raise Cancelled("the server is shutting down")
             self._pending.append(req)
             self._cv.notify()
         return req.future
 
     def tokenizer_for(self, name: str):
-        """The tokenizer of a model's loaded base (loaded by the time its request is generating)."""
-        return self._bases[str(self.resolve(name).path)].tokenizer
+        return self._prompting_for(self.resolve(name)).tokenizer
+
+    def waiting(self) -> bool:
+        return bool(self._pending)
+
+    def close(self) -> None:
+        """Stop: the running batch ends at its next token, queued requests fail."""
+        with self._cv:
+            self._closed = True
+            pending, self._pending = self._pending, []
+            self._cv.notify()
+        for req in pending:
+            self._finish(req, error=Cancelled("the server is shutting down"))
 
     # -- worker ----------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._pending:
+                while not self._pending and not self._closed:
                     self._cv.wait()
-                first = self._pending.pop(0)
-                batch = [first]
-                key = first.batch_key()
-                if key is not None:
-                    for req in list(self._pending):
-                        if len(batch) >= self.max_batch:
-                            break
-                        if req.batch_key() == key:
-                            batch.append(req)
-                            self._pending.remove(req)
+                if self._closed:
+                    return
+                batch = self._take_batch()
+            live = [r for r in batch if not r.cancelled.is_set()]
+            for req in batch:
+                if req.cancelled.is_set():
+                    self._finish(req, error=Cancelled("the request was cancelled"))
+            if not live:
+                continue
             try:
-                results = self._run(batch)
-                for req, res in zip(batch, results):
-                    req.future.set_result(res)
+                for req, result in zip(live, self._run(live)):
+                    if req.cancelled.is_set():
+                        self._finish(req, error=Cancelled("the request was cancelled"))
+                    elif result is not None:
+                        self._finish(req, result=result)
             except BaseException as exc:  # a failed batch fails its requests, never the engine
-                for req in batch:
-                    if not req.future.done():
-                        req.future.set_exception(exc)
-            finally:
-                for req in batch:
-                    if req.stream is not None:
-                        req.stream.put(None)
+                for req in live:
+                    self._finish(req, error=exc)
 
-    def _run(self, batch: list[ChatRequest]) -> list[Generation]:
+    def _take_batch(self) -> list[ChatRequest]:
+        first = self._pending.pop(0)
+        batch = [first]
+        key = first.batch_key()
+        if key is not None:
+            for req in list(self._pending):
+                if len(batch) >= self.max_batch:
+                    break
+                if req.batch_key() == key:
+                    batch.append(req)
+                    self._pending.remove(req)
+        return batch
+
+    def _finish(self, req: ChatRequest, result: Generation | None = None, error: BaseException | None = None) -> None:
+        if not req.future.done():
+            if error is not None:
+                req.future.set_exception(error)
+            else:
+                req.future.set_result(result)
+        if req.stream is not None:
+            req.stream.put(None)
+
+    def _run(self, batch: list[ChatRequest]) -> list[Generation | None]:
+        """One turn of generation for a batch: finished requests get their Generation, preempted
+        ones None (they are back in the queue)."""
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         resolved = self.resolve(batch[0].model)
-        base, template = self._prepare(resolved)
-        prompts = [self._prompt_ids(base, template, r.messages) for r in batch]
+        base = self._prepare(resolved)
+        p = self._prompting_for(resolved)
         r0 = batch[0]
         if r0.seed is not None:
-            torch.manual_seed(r0.seed)
+            if r0.rng_state is None:
+                torch.manual_seed(r0.seed)
+            else:
+                torch.set_rng_state(r0.rng_state)
+        engine = self
+        device = next(base.model.parameters()).device
+        budgets = torch.tensor([r.max_tokens - len(r.done_ids) for r in batch], device=device)
+        stops = torch.tensor(p.stop_ids, device=device)
+
+        class Turn(StoppingCriteria):
+            """Ends each row at its own budget, an end-of-turn token or its cancel; ends the turn
+            for all after QUANTUM tokens when others wait or some rows are done (so their answers
+            go out, and the rest rejoins the queue)."""
+
+            steps, preempted = 0, False
+            finished = torch.zeros(len(batch), dtype=torch.bool, device=device)
+
+            def __call__(self, input_ids, scores, **kwargs):
+                self.steps += 1
+                cancelled = torch.tensor([r.cancelled.is_set() for r in batch], device=device)
+                self.finished = self.finished | torch.isin(input_ids[:, -1], stops) | (self.steps >= budgets) | cancelled
+                done = bool(self.finished.all())
+                if not done and (engine._closed or (self.steps >= engine.quantum and (
+                        engine.waiting() or bool(self.finished.any())))):
+                    self.preempted = True
+                    return torch.ones_like(self.finished)
+                return self.finished
+
+        turn = Turn()
         streamer = _QueueStreamer(r0.stream) if r0.stream is not None else None
-        kw = dict(max_new_tokens=max(r.max_tokens for r in batch), temperature=r0.temperature, top_p=r0.top_p,
-                  stop=r0.stop, streamer=streamer)
+        budget = max(r.max_tokens - len(r.done_ids) for r in batch)
+        kw = dict(max_new_tokens=budget, temperature=r0.temperature, top_p=r0.top_p, stop=r0.stop,
+                  streamer=streamer, stopping_criteria=StoppingCriteriaList([turn]))
+        prompts = [r.prompt_ids + r.done_ids for r in batch]
         if resolved.adapter is None and hasattr(base.model, "disable_adapter"):
             with base.model.disable_adapter():
-                out = generate_batch(base.model, base.tokenizer, prompts, base.stop_ids, **kw)
+                out = generate_batch(base.model, p.tokenizer, prompts, p.stop_ids, **kw)
         else:
-            out = generate_batch(base.model, base.tokenizer, prompts, base.stop_ids, **kw)
-        return [_clip(g, r.max_tokens, base.tokenizer) for g, r in zip(out, batch)]
+            out = generate_batch(base.model, p.tokenizer, prompts, p.stop_ids, **kw)
+        results: list[Generation | None] = []
+        requeue = []
+        for req, g in zip(batch, out):
+            ids = req.done_ids + g.token_ids
+            unfinished = g.finish_reason == "length" and len(ids) < req.max_tokens
+            if turn.preempted and unfinished and not req.cancelled.is_set() and not self._closed:
+                req.done_ids = ids
+                if req.seed is not None:
+                    req.rng_state = torch.get_rng_state()
+                requeue.append(req)
+                results.append(None)
+            else:
+                results.append(_final(req, ids, g, p.tokenizer))
+        if requeue:
+            with self._cv:
+                self._pending.extend(requeue)
+                self._cv.notify()
+        return results
 
-    def _prompt_ids(self, base: _Base, template, messages: list[dict]) -> list[int]:
-        text = template.render(messages, None, add_generation_prompt=True)
-        return base.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _prompting_for(self, resolved: ResolvedModel) -> _Prompting:
+        """Tokenizer, template and context length: the run's own (they travel with its adapter)."""
+        from ..models import load_tokenizer
 
-    def _prepare(self, resolved: ResolvedModel):
-        """The loaded base for this model with its adapter active; returns (base, chat template)."""
+        key = str(resolved.tokenizer_path)
+        with self._lock:
+            if key not in self._prompting:
+                tokenizer = load_tokenizer(resolved)
+                template = load_template(tokenizer)
+                if template is None:
+                    raise TuneryError(f"model {resolved.reference!r} has no chat template")
+                self._prompting[key] = _Prompting(tokenizer, template, sorted(stop_token_ids(tokenizer, template)),
+                                                  _context_length(resolved, tokenizer))
+            return self._prompting[key]
+
+    def _prepare(self, resolved: ResolvedModel) -> _Base:
+        """The loaded base for this model with its adapter active (or none)."""
         base = self._load_base(resolved)
         if resolved.adapter is None:
-            return base, base.template
+            return base
         key = str(resolved.adapter)
         if key not in base.adapters:
             base.adapters[key] = self._load_adapter(base, resolved)
             while len(base.adapters) > self.max_adapters:
-                _, (old_name, _) = base.adapters.popitem(last=False)
+                _, old_name = base.adapters.popitem(last=False)
                 base.model.delete_adapter(old_name)
         base.adapters.move_to_end(key)
-        name, template = base.adapters[key]
-        base.model.set_adapter(name)
-        return base, template
+        base.model.set_adapter(base.adapters[key])
+        return base
 
     def _load_base(self, resolved: ResolvedModel) -> _Base:
         from ..models import load_model
 
         key = str(resolved.path)
         if key not in self._bases:
-            model, tokenizer = load_model(replace(resolved, adapter=None), device=self.device, merge=False)
-            template = load_template(tokenizer)
-            if template is None:
-                raise TuneryError(f"model {resolved.reference!r} has no chat template")
-            self._bases[key] = _Base(model, tokenizer, template, sorted(stop_token_ids(tokenizer, template)))
+            model, tokenizer = load_model(replace(resolved, adapter=None, tokenizer=None), device=self.device,
+                                          merge=False)
+            self._bases[key] = _Base(model, tokenizer)
             while len(self._bases) > self.max_bases:
                 self._bases.popitem(last=False)
         self._bases.move_to_end(key)
         return self._bases[key]
 
-    def _load_adapter(self, base: _Base, resolved: ResolvedModel):
+    def _load_adapter(self, base: _Base, resolved: ResolvedModel) -> str:
         from peft import PeftModel
-        from transformers import AutoTokenizer
 
         name = "a" + hashlib.sha1(str(resolved.adapter).encode()).hexdigest()[:12]
         if isinstance(base.model, PeftModel):
             base.model.load_adapter(str(resolved.adapter), adapter_name=name)
         else:
             base.model = PeftModel.from_pretrained(base.model, str(resolved.adapter), adapter_name=name).eval()
-        # The chat template the run trained with travels with its adapter.
-        tok = AutoTokenizer.from_pretrained(resolved.adapter)
-        return name, load_template(tok) or base.template
+        return name
 
 
-def _clip(g: Generation, max_tokens: int, tokenizer) -> Generation:
-    """A batch generates up to its longest request's limit; each answer keeps only its own."""
-    if g.completion_tokens <= max_tokens:
-        return g
-    ids = tokenizer(g.text, add_special_tokens=False)["input_ids"][:max_tokens]
-    return Generation(tokenizer.decode(ids), g.prompt_tokens, max_tokens, "length")
+def _context_length(resolved: ResolvedModel, tokenizer) -> int:
+    try:
+        config = json.loads((resolved.path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 10**7 else CONTEXT_FALLBACK
+
+
+def _final(req: ChatRequest, ids: list[int], g: Generation, tokenizer) -> Generation:
+    """The whole answer over every turn it took, cut to its own max_tokens and stop strings (a
+    batch generates up to its longest request's limit)."""
+    ended = g.finish_reason == "stop" and len(g.token_ids) < g.completion_tokens  # an end-of-turn token
+    finish = g.finish_reason
+    if len(ids) >= req.max_tokens:  # its budget: what follows is padding, or another row's budget
+        ids, ended, finish = ids[: req.max_tokens], False, "length"
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    for s in req.stop or []:
+        if s in text:
+            text, finish = text[: text.index(s)], "stop"
+    return Generation(text, len(req.prompt_ids), len(ids) + ended, finish, ids)
 
 
 class _QueueStreamer:

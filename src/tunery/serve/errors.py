@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ModelNotFound, NotFound, RegistryError, TooLarge, TuneryError
+from ..errors import ModelNotFound, NotFound, RegistryError, TooLarge, TuneryError, field_of
+from .engine import Cancelled
 
 # (error class, HTTP status, error type, code); the first class the error is an instance of wins.
 HTTP_ERRORS = [
@@ -18,6 +19,7 @@ HTTP_ERRORS = [
     (NotFound, 404, "invalid_request_error", "not_found"),
     (TooLarge, 413, "invalid_request_error", "file_too_large"),
     (RegistryError, 500, "server_error", None),
+    (Cancelled, 503, "server_error", "unavailable"),
     (TuneryError, 400, "invalid_request_error", "invalid_request"),
 ]
 
@@ -50,8 +52,7 @@ def install(app) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         err = exc.errors()[0]
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
+        param = field_of(err.get("loc", ())) or None
         msg = "missing required parameter" if err.get("type") == "missing" else err.get("msg", "invalid request")
         return JSONResponse(error_body(f"{param}: {msg}" if param else msg, code="invalid_request", param=param),
                             status_code=400)

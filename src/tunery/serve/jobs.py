@@ -15,8 +15,13 @@ import shutil
 import time
 from pathlib import Path
 
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
 from ..config import AUTO_LR, TrainConfig
 from ..errors import ConfigError, NotFound, StateError, TooLarge, validated
+from ..metrics import BUILTIN
 from ..home import tunery_home
 from ..registry import jobs as rows
 from ..registry.db import connect, transaction
@@ -24,9 +29,7 @@ from ..run_folder import RunFolder
 
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 JOB_ID = re.compile(r"^ftjob-[0-9a-f]{24}$")
-TERMINAL = ("succeeded", "failed", "cancelled")
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-SERVER_ONLY = {"data", "val_data", "template", "out", "resume"}  # recipe fields naming server paths
 
 
 def files_dir() -> Path:
@@ -92,63 +95,142 @@ def delete_file(file_id: str) -> dict:
 
 # -- jobs ----------------------------------------------------------------------------------------
 
-def create_job(body: dict) -> dict:
-    """Check the request (models, files, hyperparameters) and queue it for validation."""
-    from ..models import resolve_model
+class _Strict(BaseModel):
+    # No coercion (`true` is not 1, "3" is not 3) and no unknown keys: a typo is a 400, not a default.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    model = body.get("model")
-    if not model:
-        raise ConfigError("model is required", "model")
-    try:
-        resolve_model(model)
-    except Exception as exc:
-        raise ConfigError(f"model {model!r} cannot be fine-tuned here: {exc}", "model") from None
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class Hyperparameters(_Strict):
+    n_epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=100)] = "auto"
+    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Literal["auto"] | Annotated[float, Field(gt=0, le=1000)] = "auto"
+
+
+class TuneryOptions(_Strict):
+    """tunery's own recipe fields a client may set, within limits a shared server can carry. Not
+    here, so refused: the data, output and resume paths (the server picks them), the model (the
+    request's own `model`), lineage, and `module:function` metrics (code: a local feature only)."""
+
+    method: Literal["full", "lora", "dora", "qlora"] | None = None
+    max_steps: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    lr: Annotated[float, Field(gt=0, lt=1)] | None = None
+    grad_accum: Annotated[int, Field(ge=1, le=64)] | None = None
+    max_length: Annotated[int, Field(ge=8, le=32_768)] | None = None
+    val_split: Annotated[float, Field(ge=0, lt=1)] | None = None
+    lora_r: Annotated[int, Field(ge=1, le=256)] | None = None
+    lora_alpha: Annotated[int, Field(ge=1, le=1024)] | None = None
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    target_modules: Literal["all-linear"] | Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,64}$")]],
+                                                      Field(min_length=1, max_length=32)] | None = None
+    schedule: Literal["cosine", "linear", "constant"] | None = None
+    warmup: Annotated[float, Field(ge=0, lt=1)] | None = None
+    weight_decay: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_grad_norm: Annotated[float, Field(gt=0, le=100)] | None = None
+    eval_every: PositiveInt | None = None
+    save_every: PositiveInt | None = None
+    keep_checkpoints: Annotated[int, Field(ge=1, le=10)] | None = None
+    early_stopping: Annotated[int, Field(ge=1, le=100)] | None = None
+    select: Literal["best", "last"] | None = None
+    best_by: Literal["val_loss", "metric"] | None = None
+    eval_generate_every: PositiveInt | None = None
+    eval_metric: Literal[tuple(BUILTIN)] | None = None  # built-in names only: never code
+    eval_samples: Annotated[int, Field(ge=1, le=1000)] | None = None
+    eval_max_new_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
+    mask: Literal["assistant", "last", "all"] | None = None
+    format: Literal["auto", "chat", "completion", "alpaca", "sharegpt", "text"] | None = None
+    overlong: Literal["drop", "truncate", "error"] | None = None
+    precision: Literal["auto", "fp32", "bf16"] | None = None
+    gradient_checkpointing: bool | None = None
+    group_by_length: bool | None = None
+    share_prefix: bool | None = None
+    template: Annotated[str, Field(pattern=FILE_ID.pattern)] | None = None  # an uploaded template file's id
+
+
+class Supervised(_Strict):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(_Strict):
+    type: Literal["supervised"] = "supervised"  # the only method this server implements
+    supervised: Supervised | None = None
+    tunery: TuneryOptions | None = None
+
+
+class JobRequest(_Strict):
+    """POST /v1/fine_tuning/jobs: the hosted API's fields, plus `tunery` (also under `method`)."""
+
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    training_file: Annotated[str, Field(min_length=1, max_length=64)]
+    validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    hyperparameters: Hyperparameters | None = None
+    suffix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,40}$")] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    method: Method | None = None
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = None
+    integrations: list | None = None  # accepted for client compatibility; none is run
+    tunery: TuneryOptions | None = None
+
+    def tuned(self) -> dict:
+        """The recipe fields set through `tunery` (or `method.tunery`)."""
+        method = self.method.tunery if self.method and self.method.tunery else None
+        return {**(self.tunery.model_dump(exclude_none=True) if self.tunery else {}),
+                **(method.model_dump(exclude_none=True) if method else {})}
+
+    def hyper(self) -> Hyperparameters:
+        inner = self.method.supervised.hyperparameters if self.method and self.method.supervised else None
+        return inner or self.hyperparameters or Hyperparameters()
+
+
+def create_job(body: dict, catalog) -> dict:
+    """Check the request (its shape, model, files, recipe) and queue it for validation."""
+    req = validated(JobRequest, **body)
+    catalog.resolve(req.model)  # only names the API may use: the default, configured bases, fine-tunes
     for param in ("training_file", "validation_file"):
-        if body.get(param) is not None:
+        if getattr(req, param) is not None:
             try:
-                get_file_row(body[param])
+                get_file_row(getattr(req, param))
             except NotFound:
-                raise ConfigError(f"{param}: no such file {body[param]!r}", param) from None
-    if not body.get("training_file"):
-        raise ConfigError("training_file is required", "training_file")
-    config_for(body, job_id="ftjob-" + "0" * 24)  # every hyperparameter checked now, not in the worker
+                raise ConfigError(f"{param}: no such file {getattr(req, param)!r}", param) from None
+    stored = req.model_dump(exclude_none=True) | {"base_ref": catalog.reference(req.model)}
+    config_for(stored, job_id="ftjob-" + "0" * 24)  # every hyperparameter checked now, not in the worker
     job_id = "ftjob-" + secrets.token_hex(12)
     with connect() as conn, transaction(conn):
-        rows.insert_job(conn, job_id, model, body["training_file"], body.get("validation_file"), body)
-        rows.add_event(conn, job_id, "info", f"Validating training file: {body['training_file']}")
+        rows.insert_job(conn, job_id, req.model, req.training_file, req.validation_file, stored)
+        rows.add_event(conn, job_id, "info", f"Validating training file: {req.training_file}")
     return get_job(job_id)
 
 
-def _hyperparameters(body: dict) -> dict:
-    method = body.get("method") or {}
-    inner = (method.get(method.get("type") or "supervised") or {}).get("hyperparameters") if isinstance(method, dict) else None
-    return {**(body.get("hyperparameters") or {}), **(inner or {})}
+def _hyperparameters(request: dict) -> dict:
+    try:
+        return JobRequest.model_validate({k: v for k, v in request.items() if k != "base_ref"}).hyper().model_dump()
+    except ValueError:  # a job stored by an older tunery, before requests were this strict
+        return dict(request.get("hyperparameters") or {})
 
 
-def config_for(body: dict, job_id: str) -> TrainConfig:
-    """The TrainConfig a job runs. Hosted-API hyperparameters map onto it; tunery's own fields
-    (LoRA rank, method, max_steps, ...) come under `method.tunery` or top-level `tunery`."""
-    hp = _hyperparameters(body)
-    extra = {**(body.get("tunery") or {}), **((body.get("method") or {}).get("tunery") or {})}
-    values = {"model": body["model"], "data": "(uploaded)", "method": "lora", "seed": body.get("seed") or 42}
-    if body.get("suffix"):
-        values["suffix"] = body["suffix"]
-    # The extension may tune the recipe, never point it at server paths or code: files come as
-    # uploaded ids, metrics by built-in name (full hardening of requests is issue [9]).
-    for key in sorted(extra):
-        if key in SERVER_ONLY or (key == "eval_metric" and ":" in str(extra[key])):
-            raise ConfigError(f"tunery.{key} cannot be set through the API", f"tunery.{key}")
-    values.update(extra)
-    for key, field in (("n_epochs", "epochs"), ("batch_size", "batch_size")):
-        if hp.get(key) not in (None, "auto"):
-            values[field] = hp[key]
-    mult = hp.get("learning_rate_multiplier")
-    if mult not in (None, "auto"):
+def config_for(request: dict, job_id: str) -> TrainConfig:
+    """The TrainConfig a job runs, from its stored (validated) request. Hosted-API hyperparameters
+    map onto it; tunery's own fields come under `tunery` or `method.tunery`; an uploaded template
+    is named by its file id. The model is the reference the server's catalog resolved its name to."""
+    req = JobRequest.model_validate({k: v for k, v in request.items() if k != "base_ref"})
+    hp, extra = req.hyper(), req.tuned()
+    values = {"model": request.get("base_ref", req.model), "data": "(uploaded)", "method": "lora",
+              "seed": 42 if req.seed is None else req.seed, **extra}
+    if req.suffix:
+        values["suffix"] = req.suffix
+    if "template" in extra:
         try:
-            mult = float(mult)
-        except (TypeError, ValueError):
-            raise ConfigError("learning_rate_multiplier must be a number or 'auto'", "hyperparameters.learning_rate_multiplier") from None
-        values["lr"] = AUTO_LR[values.get("method", "lora")] * mult
+            values["template"] = get_file_row(extra["template"])["path"]
+        except NotFound:
+            raise ConfigError(f"tunery.template: no such file {extra['template']!r}", "tunery.template") from None
+    if hp.n_epochs != "auto":
+        values["epochs"] = hp.n_epochs
+    if hp.batch_size != "auto":
+        values["batch_size"] = hp.batch_size
+    if hp.learning_rate_multiplier != "auto":
+        values["lr"] = AUTO_LR[values["method"]] * hp.learning_rate_multiplier
     values["out"] = str(tunery_home() / "jobs" / job_id / "run")
     try:
         return validated(TrainConfig, **values)
@@ -214,30 +296,26 @@ def list_jobs(after: str | None, limit: int) -> dict:
 
 
 def control(job_id: str, action: str) -> dict:
-    """cancel | pause | resume, as the hosted API defines which states allow which."""
+    """cancel | pause | resume, as the hosted API defines which states allow which. A running job
+    is asked (the worker acts between two steps); any other changes here, through the one guarded
+    status transition, inside one write transaction."""
     with connect() as conn, transaction(conn):
-        job = get_job(job_id, conn)
-        status = job["status"]
+        status = get_job(job_id, conn)["status"]
         if action == "cancel":
-            if status in TERMINAL:
+            if status in rows.TERMINAL:
                 raise StateError(f"Job {job_id} has already {status}; it cannot be cancelled")
-            if status == "running":
-                rows.update_job(conn, job_id, control="cancel")
-            else:  # nothing is running it: cancelled right away
-                rows.update_job(conn, job_id, status="cancelled", finished_at=int(time.time()), control=None)
+            if not rows.set_control(conn, job_id, "cancel"):  # nothing is running it: cancelled now
+                rows.transition(conn, job_id, "cancelled", finished_at=int(time.time()), control=None)
                 rows.add_event(conn, job_id, "info", "Job cancelled")
         elif action == "pause":
-            if status not in ("running", "queued", "validating_files"):
+            if status not in ("running", "queued"):
                 raise StateError(f"Job {job_id} is {status}; only a running or queued job can be paused")
-            if status == "running":
-                rows.update_job(conn, job_id, control="pause")
-            else:
-                rows.update_job(conn, job_id, status="paused", control=None)
+            if not rows.set_control(conn, job_id, "pause"):
+                rows.transition(conn, job_id, "paused", control=None)
                 rows.add_event(conn, job_id, "info", "Job paused")
         elif action == "resume":
-            if status != "paused":
+            if not rows.transition(conn, job_id, "queued", only_from=("paused",), control=None, attempts=0):
                 raise StateError(f"Job {job_id} is {status}; only a paused job can be resumed")
-            rows.update_job(conn, job_id, status="queued", control=None)
             rows.add_event(conn, job_id, "info", "Job resumed")
         return get_job(job_id, conn)
 

@@ -1,9 +1,12 @@
 """Request bodies of the OpenAI-compatible API (pydantic): unknown fields are accepted and ignored,
 as the hosted API does, so clients that send extra options keep working."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+MAX_STOP = 4  # stop sequences per request, as the hosted API
+StopString = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class Message(BaseModel):
@@ -22,9 +25,9 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(..., min_length=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)  # with the prompt, within the model's context (engine.submit)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=16)
     stream: bool = False

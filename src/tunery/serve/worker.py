@@ -1,8 +1,11 @@
 """The jobs worker: a separate process that validates uploaded files and runs fine-tuning jobs,
 one at a time, with all state in the registry database.
 
-The server starts it and it dies with the server (PR_SET_PDEATHSIG). A job left `running` by a
-worker that no longer exists (the server was killed) is resumed from its last checkpoint.
+The server starts and supervises it (supervisor.py), and it dies with the server
+(PR_SET_PDEATHSIG). A job left `running` or `validating_files` by a worker that no longer exists
+is taken up again: training resumes from its last checkpoint. Every status change goes through
+registry.jobs.transition, so a cancel that lands while a file is being validated or a step is
+running is final. What a job's error says names its files by id and never a server path.
 
     python -m tunery.serve.worker      # normally started by `tunery serve`
 """
@@ -14,7 +17,9 @@ import signal
 import sys
 import time
 import traceback
+
 from ..errors import TuneryError
+from ..home import tunery_home
 from ..registry import jobs as rows
 from ..registry.db import connect, transaction
 from ..registry.store import pid_alive
@@ -22,6 +27,7 @@ from ..run_folder import RunFolder
 from . import jobs
 
 POLL_S = 0.3
+MAX_ATTEMPTS = 3  # workers a job may take down (killed, out of memory) before it fails
 
 
 def main() -> None:
@@ -34,10 +40,19 @@ def main() -> None:
         if job is None:
             time.sleep(POLL_S)
             continue
-        if job["status"] == "validating_files":
-            validate(job)
-        else:
-            run(job, parent)
+        try:
+            if job["attempts"] > MAX_ATTEMPTS:
+                _fail(job, "worker_died", f"the jobs worker stopped {MAX_ATTEMPTS} times while working on this job "
+                      "(killed or out of memory); it is not tried again")
+            elif job["status"] == "validating_files":
+                validate(job)
+            else:
+                run(job, parent)
+        except TuneryError as exc:  # e.g. an uploaded file deleted after the job was created
+            _fail(job, "invalid_request", str(exc), exc.field)
+        except Exception as exc:  # noqa: BLE001 - recorded on the job; the worker carries on
+            traceback.print_exc(file=sys.stderr)
+            _fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
 def _die_with_parent() -> None:
@@ -49,71 +64,104 @@ def _die_with_parent() -> None:
 
 def claim_next() -> dict | None:
     """Take the next job: an orphaned running one first (resume), then files to validate, then
-    the oldest queued job."""
+    the oldest queued job. Each claim counts as an attempt."""
     me = os.getpid()
     with connect() as conn, transaction(conn):
         for row in rows.claimable_jobs(conn):
             if row["worker_pid"] == me or pid_alive(row["worker_pid"]):
                 continue
-            rows.update_job(conn, row["id"], worker_pid=me)
+            row["attempts"] += 1
+            rows.update_job(conn, row["id"], worker_pid=me, attempts=row["attempts"])
             row["worker_pid"] = me
             return row
     return None
 
 
-def _update(job_id: str, event: tuple | None = None, **fields) -> None:
+def _public(job: dict, message: str) -> str:
+    """A message for the API: uploaded files by id, the server's folders by what they are."""
+    swaps = []
+    for param in ("training_file", "validation_file"):
+        if job.get(param):
+            try:
+                swaps.append((jobs.get_file_row(job[param])["path"], job[param]))
+            except TuneryError:
+                pass
+    if job.get("run_dir"):
+        swaps.append((job["run_dir"], f"<{job['id']} run>"))
+    swaps.append((str(tunery_home()), "<server>"))
+    for path, name in swaps:
+        message = message.replace(path, name)
+    return message
+
+
+def _fail(job: dict, code: str, message: str, param: str | None = None) -> None:
+    message = _public(job, message)
     with connect() as conn, transaction(conn):
-        rows.update_job(conn, job_id, **fields)
-        if event:
-            rows.add_event(conn, job_id, *event)
+        if rows.transition(conn, job["id"], "failed", finished_at=int(time.time()), worker_pid=None,
+                           error=json.dumps({"code": code, "message": message, "param": param})):
+            rows.add_event(conn, job["id"], "error", message)
+        else:
+            rows.update_job(conn, job["id"], worker_pid=None)
 
 
-def _fail(job_id: str, code: str, message: str, param: str | None = None) -> None:
-    _update(job_id, ("error", message), status="failed", finished_at=int(time.time()), worker_pid=None,
-            error=json.dumps({"code": code, "message": message, "param": param}))
+def _release(job_id: str, status: str | None = None, event: str | None = None, **fields) -> bool:
+    """Move the job to `status` (if still allowed) and let go of it; False if someone moved it first."""
+    with connect() as conn, transaction(conn):
+        moved = rows.transition(conn, job_id, status, worker_pid=None, **fields) if status else True
+        rows.update_job(conn, job_id, worker_pid=None)
+        if moved and event:
+            rows.add_event(conn, job_id, "info", event)
+        return moved
 
 
 def validate(job: dict) -> None:
-    """The data doctor on the uploaded files: a bad file fails the job with its line numbers."""
+    """The data doctor on the uploaded files, with the job's own options (template, max length,
+    mask, format): a file that would fail training fails here, with its line numbers."""
     from ..data import check_dataset
 
+    cfg = jobs.config_for(json.loads(job["request"]), job["id"])
     for param in ("training_file", "validation_file"):
         if not job[param]:
             continue
         try:
             row = jobs.get_file_row(job[param])
-            report = check_dataset(row["path"], model=job["model"])
+            report = check_dataset(row["path"], cfg)
         except TuneryError as exc:
-            return _fail(job["id"], f"invalid_{param}", f"{param} {job[param]}: {exc}", param)
+            return _fail(job, f"invalid_{param}", f"{param} {job[param]}: {exc}", param)
         if not report["ok"]:
             shown = "; ".join(f"line {e['line']}: {e['message']} [{e['code']}]" for e in report["errors"][:5])
             more = f" (and {report['error_count'] - 5} more)" if report["error_count"] > 5 else ""
-            return _fail(job["id"], f"invalid_{param}",
+            return _fail(job, f"invalid_{param}",
                          f"{param} {job[param]} ({row['filename']}) has {report['error_count']} errors: {shown}{more}",
                          param)
-    _update(job["id"], ("info", "Files validated; job queued"), status="queued", worker_pid=None)
+    _release(job["id"], "queued", "Files validated; job queued")
 
 
 def run(job: dict, parent: int) -> None:
     from ..training.loop import Signal, TrainingStopped, train
 
     job_id = job["id"]
-    request = json.loads(job["request"])
-    cfg = jobs.config_for(request, job_id)
+    cfg = jobs.config_for(json.loads(job["request"]), job_id)
     cfg = cfg.model_copy(update={
         "data": jobs.get_file_row(job["training_file"])["path"],
         "val_data": jobs.get_file_row(job["validation_file"])["path"] if job["validation_file"] else None,
         "resume": RunFolder(cfg.out).is_run(),
     })
     resumed = job["status"] == "running" or cfg.resume
-    _update(job_id, ("info", "Fine-tuning job resumed from its last checkpoint" if resumed else "Fine-tuning job started"),
-            status="running", run_dir=cfg.out, config=json.dumps(cfg.model_dump()))
+    with connect() as conn, transaction(conn):
+        if not rows.transition(conn, job_id, "running", run_dir=cfg.out, config=json.dumps(cfg.model_dump())):
+            rows.update_job(conn, job_id, worker_pid=None)
+            return  # cancelled or paused before it started
+        rows.add_event(conn, job_id, "info",
+                       "Fine-tuning job resumed from its last checkpoint" if resumed else "Fine-tuning job started")
+    job = job | {"run_dir": cfg.out}
     started = time.time()
     first_step: list[int] = []
 
     def on_step(row: dict):
         if os.getppid() != parent:
             os._exit(0)  # the server is gone; its next start resumes this job
+        first = not first_step
         first_step[:1] = first_step[:1] or [row["step"]]
         done = row["step"] - first_step[0] + 1
         remaining = row["total_steps"] - row["step"]
@@ -124,6 +172,8 @@ def run(job: dict, parent: int) -> None:
             data["valid_loss"] = row["val_loss"]
             msg += f", validation loss={row['val_loss']:.4f}"
         with connect() as conn, transaction(conn):
+            if first:  # after a resume, the steps since the checkpoint run again: one event each
+                rows.forget_metrics_from(conn, job_id, row["step"])
             rows.update_job(conn, job_id, trained_tokens=row["trained_tokens"], estimated_finish=eta)
             rows.add_event(conn, job_id, "info", msg, data, type="metrics")
             control = rows.control_word(conn, job_id)
@@ -133,17 +183,17 @@ def run(job: dict, parent: int) -> None:
         result = train(cfg, progress=False, on_step=on_step)
     except TrainingStopped as stop:
         status = "cancelled" if stop.signal is Signal.CANCEL else "paused"
-        _update(job_id, ("info", f"Job {status} at step {stop.step}"), status=status, control=None, worker_pid=None,
-                finished_at=int(time.time()) if status == "cancelled" else None)
+        _release(job_id, status, f"Job {status} at step {stop.step}", control=None,
+                 finished_at=int(time.time()) if status == "cancelled" else None)
         return
     except TuneryError as exc:
-        return _fail(job_id, "training_failed", str(exc))
+        return _fail(job, "training_failed", str(exc))
     except Exception as exc:  # noqa: BLE001 - recorded on the job; the worker carries on
         traceback.print_exc(file=sys.stderr)
-        return _fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}")
-    _update(job_id, ("info", "The job has successfully completed"), status="succeeded", control=None,
-            worker_pid=None, finished_at=int(time.time()), fine_tuned_model=result.info.name,
-            trained_tokens=result.info.final.trained_tokens, estimated_finish=None)
+        return _fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
+    _release(job_id, "succeeded", "The job has successfully completed", control=None,
+             finished_at=int(time.time()), fine_tuned_model=result.info.name,
+             trained_tokens=result.info.final.trained_tokens, estimated_finish=None)
 
 
 if __name__ == "__main__":
