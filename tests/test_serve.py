@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,16 +72,19 @@ def runs(tiny_model, serve_home, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     out = {}
     before = os.environ.get("TUNERY_HOME")
-    os.environ["TUNERY_HOME"] = str(serve_home)
+    os.environ["TUNERY_HOME"] = str(serve_home)  # module scope: monkeypatch is per test
     try:
         for answer in ("blue", "green"):
             rows = [{"messages": [{"role": "user", "content": f"question {i}"},
                                   {"role": "assistant", "content": f"the color is {answer}"}]} for i in range(32)]
             data = write_jsonl(folder / f"{answer}.jsonl", rows)
-            out[answer] = train(dict(model="tiny", data=str(data), out=str(folder / answer), max_steps=60,
+            out[answer] = train(dict(model=str(tiny_model), data=str(data), out=str(folder / answer), max_steps=60,
                                      lr=3e-2, batch_size=8, val_split=0), progress=False).info.name
     finally:
-        os.environ["TUNERY_HOME"] = before
+        if before is None:
+            os.environ.pop("TUNERY_HOME", None)
+        else:
+            os.environ["TUNERY_HOME"] = before
     return out
 
 
@@ -228,3 +232,60 @@ def test_several_choices_plain_and_streamed(server, runs):
     assert streamed == texts and finished == {0, 1, 2}
     greedy = c.chat.completions.create(**(kw | dict(temperature=0, seed=None)))
     assert len({ch.message.content for ch in greedy.choices}) == 1
+
+
+def test_an_unauthenticated_upload_is_answered_before_its_body(server):
+    """The 401 comes back while the client has sent only the headers of a 400 MB upload."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 419430400\r\n\r\n")
+        reply = s.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 401") and "invalid_api_key" in reply
+
+
+def test_sigterm_stops_the_server_within_seconds(tiny_model, tmp_path):
+    proc, url = start_server(tmp_path / "home", "--no-jobs", "--base", f"tiny={tiny_model}")
+    c = client(url, key="unused")
+
+    def ask(i):
+        try:
+            c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"q {i}"}], max_tokens=480)
+        except Exception:  # noqa: BLE001 - the server going away is the point
+            pass
+
+    pool = concurrent.futures.ThreadPoolExecutor(16)
+    for i in range(16):  # about a minute of generation queued
+        pool.submit(ask, i)
+    time.sleep(2)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    finally:
+        proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert time.time() - t0 < 10
+
+
+def test_a_dead_jobs_worker_is_restarted(tmp_path):
+    import psutil
+
+    proc, url = start_server(tmp_path / "home")
+    try:
+        server = psutil.Process(proc.pid)
+        deadline = time.time() + 30
+        while not server.children() and time.time() < deadline:
+            time.sleep(0.1)
+        first = server.children()[0]
+        first.kill()
+        while time.time() < deadline:
+            kids = [k for k in server.children() if k.pid != first.pid]
+            if kids:
+                break
+            time.sleep(0.2)
+        assert kids and kids[0].status() != psutil.STATUS_ZOMBIE
+        assert not psutil.pid_exists(first.pid) or psutil.Process(first.pid).status() != psutil.STATUS_ZOMBIE
+    finally:
+        proc.kill()
+        proc.wait()

@@ -187,7 +187,10 @@ class JobRequest(_Strict):
 def create_job(body: dict, catalog) -> dict:
     """Check the request (its shape, model, files, recipe) and queue it for validation."""
     req = validated(JobRequest, **body)
-    catalog.resolve(req.model)  # only names the API may use: the default, configured bases, fine-tunes
+    try:  # only names the API may use: the default, configured bases, fine-tunes
+        catalog.resolve(req.model)
+    except NotFound as exc:
+        raise ConfigError(f"model: {exc}; `GET /v1/models` lists those that can be fine-tuned", "model") from None
     for param in ("training_file", "validation_file"):
         if getattr(req, param) is not None:
             try:
