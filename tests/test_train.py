@@ -185,6 +185,27 @@ def test_bad_input_refused_before_compute(tiny_model, toy_data, tmp_path):
         train(cfg(tiny_model, toy_data, tmp_path / "once", max_steps=2), progress=False)
 
 
+def test_out_with_user_files_is_refused_untouched(tiny_model, toy_data, tmp_path):
+    """An existing folder that is not empty and holds no run is someone's files: refused before any
+    compute, nothing in it touched, nothing added. An empty folder is fine."""
+    out = tmp_path / "project"
+    (out / "adapter").mkdir(parents=True)
+    (out / "README.md").write_text("my project\n")
+    (out / "adapter" / "notes.txt").write_text("keep me\n")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"^out: .*project") as err:
+        train(cfg(tiny_model, toy_data, out, max_steps=2), progress=False)
+    assert err.value.field == "out" and len(str(err.value).splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["README.md", "adapter", "adapter/notes.txt"]
+    with pytest.raises(ConfigError, match="holds no run"):  # --resume does not make it a run either
+        train(cfg(tiny_model, toy_data, out, max_steps=2, resume=True), progress=False)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["README.md", "adapter", "adapter/notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train(cfg(tiny_model, toy_data, empty, max_steps=2), progress=False).info.status == "completed"
+
+
 def test_early_stopping_keeps_best(tiny_model, toy_data, tmp_path):
     # A learning rate far too high makes validation loss climb after the first evaluations.
     run = train(cfg(tiny_model, toy_data, tmp_path / "es", method="full", lr=0.9, max_steps=40, eval_every=2,

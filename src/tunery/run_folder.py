@@ -13,6 +13,10 @@
 
 Only this module spells these names. Everything here is a plain file read or write: no model,
 no registry, so every floor above may use it.
+
+A run starts only in a folder that is absent or empty (`is_free`), and run.json is the first file
+written into it: a folder that holds files but no run.json is someone else's, and tunery writes
+nothing there (resuming and training both refuse it).
 """
 
 import json
@@ -180,6 +184,10 @@ class RunFolder:
     def is_run(self) -> bool:
         """A run folder: it has a run.json (a run that started)."""
         return self.info_file.is_file()
+
+    def is_free(self) -> bool:
+        """No such path, or an empty folder: where a new run may start without touching anyone's files."""
+        return not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir()))
 
     def read_info(self) -> RunInfo:
         return RunInfo.model_validate_json(self.info_file.read_text())

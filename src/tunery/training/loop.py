@@ -100,10 +100,14 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
     if cfg.resume:
         found = folder.checkpoints()
         if not found and not folder.is_run():
-            raise ConfigError(f"resume: {folder.path} holds no run to resume")
+            raise ConfigError(f"resume: {folder.path} holds no run to resume", field="resume")
         resume_from = found[-1][1] if found else None
     elif folder.is_run():
-        raise ConfigError(f"out: {folder.path} already holds a run; pass --resume to continue it or choose another --out")
+        raise ConfigError(f"out: {folder.path} already holds a run; pass --resume to continue it or choose another --out",
+                          field="out")
+    elif not folder.is_free():  # someone's files: a run would overwrite README.md, adapter/, ...
+        raise ConfigError(f"out: {folder.path} exists and is not empty but holds no tunery run (no run.json); "
+                          "choose a new or empty folder", field="out")
     # Every auto value, once: the loop, config.yaml, the registry and the jobs API all read this.
     run_cfg = cfg.model_copy(update={"out": str(folder.path)}).resolve(
         len(train_set), len(val_set), precision="bf16" if dtype == torch.bfloat16 else "fp32", format=data.format)
@@ -140,8 +144,8 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
         data=data, val=val, parameters={"trainable": trainable, "total": total},
         artifact="model" if cfg.method == "full" else "adapter")
     info.id, info.name = registry.started(folder.path, resolved, info, base)  # saved in run.json too
+    folder.write_info(info)  # first: a folder tunery writes into is a run from its first file on
     folder.write_config(resolved)
-    folder.write_info(info)
 
     # 3) resume -----------------------------------------------------------------------------------
     state = TrainState()
