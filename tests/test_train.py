@@ -130,6 +130,71 @@ def test_resume_ignores_incomplete_checkpoint(tiny_model, toy_data, tmp_path):
     assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6]
 
 
+def test_paused_then_resumed_matches_uninterrupted(tiny_model, toy_data, tmp_path):
+    """A run paused at step 3 and resumed gives the same metrics and weights as one never stopped:
+    optimizer, schedule, data order and the dropout RNG all come back."""
+    from safetensors.torch import load_file
+
+    from tunery.training.loop import Signal, TrainingStopped
+
+    kw = dict(max_steps=6, save_every=100, eval_every=2, lora_dropout=0.1, batch_size=4, precision="fp32")
+    full = train(cfg(tiny_model, toy_data, tmp_path / "full", **kw), progress=False)
+    with pytest.raises(TrainingStopped):
+        train(cfg(tiny_model, toy_data, tmp_path / "paused", **kw), progress=False,
+              on_step=lambda row: Signal.PAUSE if row["step"] == 3 else None)
+    assert RunFolder(tmp_path / "paused").checkpoints()[-1][0] == 3
+    resumed = train(cfg(tiny_model, toy_data, tmp_path / "paused", resume=True, **kw), progress=False)
+    assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(full.metrics, resumed.metrics):
+        for key in ("loss", "lr", "grad_norm", "val_loss", "trained_tokens"):
+            assert a.get(key) == b.get(key), (a["step"], key)
+    wa = load_file(full.dir / "adapter" / "adapter_model.safetensors")
+    wb = load_file(resumed.dir / "adapter" / "adapter_model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+
+
+def test_checkpoint_rng_state_is_not_pickled(tiny_model, toy_data, tmp_path):
+    """RNG states are tensors and JSON: no rng.pt in a checkpoint, and one planted there (a pickle
+    that runs code when loaded) is never loaded by --resume."""
+    import pickle
+
+    run = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=4, save_every=2), progress=False)
+    ckpts = RunFolder(run.dir).checkpoints()
+    assert ckpts
+    for _, path in ckpts:
+        assert not (path / "rng.pt").exists()
+        assert not [p.name for p in path.iterdir() if p.suffix in (".pkl", ".pickle")]
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (ckpts[-1][1] / "rng.pt").write_bytes(pickle.dumps({"python": Exploit()}))
+    resumed = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=6, save_every=2, resume=True),
+                    progress=False)
+    assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6]
+    assert not marker.exists(), "the planted rng.pt was unpickled"
+
+
+def test_rng_states_round_trip_without_pickle(tmp_path):
+    import random
+
+    import numpy as np
+
+    from tunery.training.checkpoint import _load_rng, _save_rng
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # a cached gaussian in numpy's state
+    _save_rng(tmp_path)
+    drawn = random.random(), np.random.standard_normal(3).tolist(), torch.rand(3)
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    _load_rng(tmp_path)
+    again = random.random(), np.random.standard_normal(3).tolist(), torch.rand(3)
+    assert drawn[:2] == again[:2] and torch.equal(drawn[2], again[2])
+
+
 def test_run_folder_is_complete_and_loadable(tiny_model, toy_data, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file

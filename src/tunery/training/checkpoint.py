@@ -4,6 +4,10 @@ RUN/checkpoints/step-N/ holds the trainable weights (safetensors), optimizer and
 RNG states and state.json (TrainState: step, best score, tokens, ...). It is written into a
 temporary folder and renamed into place, then marked complete; a folder without the marker (a
 crash mid-write) is never loaded. Where checkpoints live is RunFolder's to say.
+
+Nothing in a checkpoint is unpickled: RNG states are tensors (rng.safetensors: torch, cuda.N) and
+JSON (rng.json: Python's and numpy's Mersenne Twister states as lists), optimizer and scheduler
+state load with `weights_only=True`. A file of any other name (an old or planted rng.pt) is ignored.
 """
 
 import json
@@ -59,7 +63,7 @@ def save_checkpoint(folder: RunFolder, model, optimizer, scheduler, state: Train
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
+        _save_rng(tmp)
         (tmp / "state.json").write_text(json.dumps(state.state_dict(), indent=2))
         (tmp / COMPLETE).write_text("")
     return dest
@@ -72,7 +76,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     load_trainable(model, weights)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))  # our own file: python/numpy states
+    _load_rng(path)
     return TrainState.from_dict(json.loads((path / "state.json").read_text()))
 
 
@@ -96,16 +100,33 @@ def prune_checkpoints(folder: RunFolder, keep: int, protect: set[int]) -> None:
         shutil.rmtree(stray, ignore_errors=True)
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+RNG_TENSORS, RNG_JSON = "rng.safetensors", "rng.json"
+
+
+def _save_rng(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    save_file(tensors, folder / RNG_TENSORS)
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    (folder / RNG_JSON).write_text(json.dumps({
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}))
 
 
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _load_rng(folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / RNG_TENSORS)
+    plain = json.loads((folder / RNG_JSON).read_text())
+    version, internal, gauss = plain["python"]
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
