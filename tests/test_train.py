@@ -195,6 +195,54 @@ def test_rng_states_round_trip_without_pickle(tmp_path):
     assert drawn[:2] == again[:2] and torch.equal(drawn[2], again[2])
 
 
+def _damage(path):
+    """Truncate a file, as a full disk or an interrupted copy does."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_damaged_checkpoint_is_skipped_for_the_previous_one(tiny_model, toy_data, tmp_path, capsys):
+    import hashlib
+
+    run = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=4, save_every=2), progress=False)
+    (_, older), (_, newest) = RunFolder(run.dir).checkpoints()
+    _damage(newest / "trainable.safetensors")
+    capsys.readouterr()
+    resumed = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=6, save_every=2, resume=True))
+    err = capsys.readouterr().err.replace("\n", "")  # rich wraps long lines
+    assert "skipping checkpoint" in err and "step-4" in err and "trainable.safetensors" in err
+    assert "from step-2" in err
+    assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6] and resumed.info.status == "completed"
+
+    # Files that match their recorded hashes but do not load (written for another recipe, say):
+    # skipped the same way. Here the newest checkpoint's RNG state is not what it should be.
+    (_, older), (_, newest) = RunFolder(run.dir).checkpoints()
+    (newest / "rng.json").write_text('{"python": "nonsense"}')
+    manifest = json.loads((newest / "sha256.json").read_text())
+    manifest["rng.json"] = hashlib.sha256((newest / "rng.json").read_bytes()).hexdigest()
+    (newest / "sha256.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=8, save_every=2, resume=True))
+    err = capsys.readouterr().err.replace("\n", "")  # rich wraps long lines
+    assert f"{newest.name}: does not load" in err and f"from {older.name}" in err
+
+
+def test_no_intact_checkpoint_is_a_one_line_error(tiny_model, toy_data, tmp_path):
+    from tunery.registry import store
+    from tunery.registry.db import connect
+
+    run = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=4, save_every=2), progress=False)
+    for _, path in RunFolder(run.dir).checkpoints():
+        _damage(path / "optimizer.pt")
+    info = (run.dir / "run.json").read_text()
+    with pytest.raises(ConfigError, match=r"^resume: no intact checkpoint in .*step-4: optimizer.pt does not match"
+                                          r".*\(and 1 more\)") as err:
+        train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=6, save_every=2, resume=True), progress=False)
+    assert len(str(err.value).splitlines()) == 1
+    assert (run.dir / "run.json").read_text() == info, "run.json still says completed"
+    with connect() as conn:
+        assert store.get(conn, run.info.id)["status"] == "completed"
+
+
 def test_run_folder_is_complete_and_loadable(tiny_model, toy_data, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file
