@@ -22,6 +22,7 @@ from tunery.models import resolve_model
 from tunery.registry import store
 from tunery.registry.db import SCHEMA_VERSION, connect
 from tunery.registry.diff import diff
+from tunery.run_folder import RunFolder
 from tunery.training import train
 
 
@@ -252,12 +253,70 @@ def test_failed_run_is_marked_and_resume_keeps_the_name(tiny_model, tmp_path, mo
     with connect() as conn:
         (row,) = store.list_models(conn)
     assert row["status"] == "failed" and row["error"] == "OSError: disk full" and row["files"] == "none"
+    info = RunFolder(tmp_path / "r").read_info()  # run.json does not claim it is still running
+    assert (info.status, info.error, info.id) == ("failed", "OSError: disk full", row["id"]) and info.finished
 
     resumed = train(dict(model=str(tiny_model), data=str(data), out=str(tmp_path / "r"), max_steps=2,
                          batch_size=8, val_split=0.25, resume=True), progress=False)
     with connect() as conn:
         (row,) = store.list_models(conn)
     assert row["name"] == resumed.info.name and row["status"] == "completed" and row["error"] is None
+    info = RunFolder(tmp_path / "r").read_info()
+    assert (info.status, info.error) == ("completed", None)
+
+
+def test_interrupted_run_says_so_in_run_json(tiny_model, tmp_path):
+    from tunery.training.loop import Signal, TrainingStopped
+
+    data = write_jsonl(tmp_path / "d.jsonl", rows("x", 8))
+    with pytest.raises(TrainingStopped):
+        train(dict(model=str(tiny_model), data=str(data), out=str(tmp_path / "r"), max_steps=2, batch_size=8),
+              progress=False, on_step=lambda row: Signal.CANCEL)
+    info = RunFolder(tmp_path / "r").read_info()
+    with connect() as conn:
+        row = store.get(conn, info.id)
+    assert info.status == row["status"] == "interrupted" and info.error == row["error"] == "TrainingStopped: training cancel at step 1"
+
+
+def test_copied_run_folder_resumes_as_a_new_model(tiny_model, tmp_path):
+    """A copy of a run folder names the original's registry id in its run.json: resuming or
+    training it records a new model; the original's row keeps its status, folder and name."""
+    from tunery.training.loop import Signal, TrainingStopped
+
+    data = write_jsonl(tmp_path / "d.jsonl", rows("x", 8))
+    original = quick(tiny_model, data, tmp_path / "orig")
+    with connect() as conn:
+        before = store.get(conn, original.info.id)
+
+    def resume(folder, **kw):
+        return train(dict(model=str(tiny_model), data=str(data), out=str(folder), max_steps=4, batch_size=8,
+                          val_split=0.25, resume=True), progress=False, **kw)
+
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy")
+    copy = resume(tmp_path / "copy")
+    assert copy.info.id != original.info.id and copy.info.name != original.info.name
+    assert RunFolder(tmp_path / "copy").read_info().id == copy.info.id
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy2")
+    with pytest.raises(TrainingStopped):  # a copy whose resume fails or stops marks only itself
+        resume(tmp_path / "copy2", on_step=lambda row: Signal.CANCEL)
+    copy2 = RunFolder(tmp_path / "copy2").read_info()
+    assert copy2.status == "interrupted" and copy2.id not in (original.info.id, copy.info.id)
+    assert RunFolder(tmp_path / "orig").read_info() == original.info
+    with connect() as conn:
+        after = store.get(conn, original.info.id)
+        assert {k: after[k] for k in ("status", "run_dir", "name", "error", "finished", "metrics")} == \
+            {k: before[k] for k in ("status", "run_dir", "name", "error", "finished", "metrics")}
+        assert store.get(conn, copy.info.name)["run_dir"] == str((tmp_path / "copy").resolve())
+        assert store.get(conn, copy.info.name)["status"] == "completed"
+        assert store.get(conn, copy2.id)["status"] == "interrupted"
+        assert len(store.list_models(conn)) == 3
+
+    os.replace(tmp_path / "orig", tmp_path / "moved")  # a moved folder is still the same model
+    moved = resume(tmp_path / "moved")
+    assert (moved.info.id, moved.info.name) == (original.info.id, original.info.name)
+    with connect() as conn:
+        assert store.get(conn, original.info.id)["run_dir"] == str((tmp_path / "moved").resolve())
+        assert len(store.list_models(conn)) == 3
 
 
 def test_remove_and_missing_files(tiny_model, tmp_path):

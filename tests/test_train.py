@@ -130,6 +130,119 @@ def test_resume_ignores_incomplete_checkpoint(tiny_model, toy_data, tmp_path):
     assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6]
 
 
+def test_paused_then_resumed_matches_uninterrupted(tiny_model, toy_data, tmp_path):
+    """A run paused at step 3 and resumed gives the same metrics and weights as one never stopped:
+    optimizer, schedule, data order and the dropout RNG all come back."""
+    from safetensors.torch import load_file
+
+    from tunery.training.loop import Signal, TrainingStopped
+
+    kw = dict(max_steps=6, save_every=100, eval_every=2, lora_dropout=0.1, batch_size=4, precision="fp32")
+    full = train(cfg(tiny_model, toy_data, tmp_path / "full", **kw), progress=False)
+    with pytest.raises(TrainingStopped):
+        train(cfg(tiny_model, toy_data, tmp_path / "paused", **kw), progress=False,
+              on_step=lambda row: Signal.PAUSE if row["step"] == 3 else None)
+    assert RunFolder(tmp_path / "paused").checkpoints()[-1][0] == 3
+    resumed = train(cfg(tiny_model, toy_data, tmp_path / "paused", resume=True, **kw), progress=False)
+    assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(full.metrics, resumed.metrics):
+        for key in ("loss", "lr", "grad_norm", "val_loss", "trained_tokens"):
+            assert a.get(key) == b.get(key), (a["step"], key)
+    wa = load_file(full.dir / "adapter" / "adapter_model.safetensors")
+    wb = load_file(resumed.dir / "adapter" / "adapter_model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+
+
+def test_checkpoint_rng_state_is_not_pickled(tiny_model, toy_data, tmp_path):
+    """RNG states are tensors and JSON: no rng.pt in a checkpoint, and one planted there (a pickle
+    that runs code when loaded) is never loaded by --resume."""
+    import pickle
+
+    run = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=4, save_every=2), progress=False)
+    ckpts = RunFolder(run.dir).checkpoints()
+    assert ckpts
+    for _, path in ckpts:
+        assert not (path / "rng.pt").exists()
+        assert not [p.name for p in path.iterdir() if p.suffix in (".pkl", ".pickle")]
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (ckpts[-1][1] / "rng.pt").write_bytes(pickle.dumps({"python": Exploit()}))
+    resumed = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=6, save_every=2, resume=True),
+                    progress=False)
+    assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6]
+    assert not marker.exists(), "the planted rng.pt was unpickled"
+
+
+def test_rng_states_round_trip_without_pickle(tmp_path):
+    import random
+
+    import numpy as np
+
+    from tunery.training.checkpoint import _load_rng, _save_rng
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # a cached gaussian in numpy's state
+    _save_rng(tmp_path)
+    drawn = random.random(), np.random.standard_normal(3).tolist(), torch.rand(3)
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    _load_rng(tmp_path)
+    again = random.random(), np.random.standard_normal(3).tolist(), torch.rand(3)
+    assert drawn[:2] == again[:2] and torch.equal(drawn[2], again[2])
+
+
+def _damage(path):
+    """Truncate a file, as a full disk or an interrupted copy does."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_damaged_checkpoint_is_skipped_for_the_previous_one(tiny_model, toy_data, tmp_path, capsys):
+    import hashlib
+
+    run = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=4, save_every=2), progress=False)
+    (_, older), (_, newest) = RunFolder(run.dir).checkpoints()
+    _damage(newest / "trainable.safetensors")
+    capsys.readouterr()
+    resumed = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=6, save_every=2, resume=True))
+    err = capsys.readouterr().err.replace("\n", "")  # rich wraps long lines
+    assert "skipping checkpoint" in err and "step-4" in err and "trainable.safetensors" in err
+    assert "from step-2" in err
+    assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6] and resumed.info.status == "completed"
+
+    # Files that match their recorded hashes but do not load (written for another recipe, say):
+    # skipped the same way. Here the newest checkpoint's RNG state is not what it should be.
+    (_, older), (_, newest) = RunFolder(run.dir).checkpoints()
+    (newest / "rng.json").write_text('{"python": "nonsense"}')
+    manifest = json.loads((newest / "sha256.json").read_text())
+    manifest["rng.json"] = hashlib.sha256((newest / "rng.json").read_bytes()).hexdigest()
+    (newest / "sha256.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=8, save_every=2, resume=True))
+    err = capsys.readouterr().err.replace("\n", "")  # rich wraps long lines
+    assert f"{newest.name}: does not load" in err and f"from {older.name}" in err
+
+
+def test_no_intact_checkpoint_is_a_one_line_error(tiny_model, toy_data, tmp_path):
+    from tunery.registry import store
+    from tunery.registry.db import connect
+
+    run = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=4, save_every=2), progress=False)
+    for _, path in RunFolder(run.dir).checkpoints():
+        _damage(path / "optimizer.pt")
+    info = (run.dir / "run.json").read_text()
+    with pytest.raises(ConfigError, match=r"^resume: no intact checkpoint in .*step-4: optimizer.pt does not match"
+                                          r".*\(and 1 more\)") as err:
+        train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=6, save_every=2, resume=True), progress=False)
+    assert len(str(err.value).splitlines()) == 1
+    assert (run.dir / "run.json").read_text() == info, "run.json still says completed"
+    with connect() as conn:
+        assert store.get(conn, run.info.id)["status"] == "completed"
+
+
 def test_run_folder_is_complete_and_loadable(tiny_model, toy_data, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -183,6 +296,27 @@ def test_bad_input_refused_before_compute(tiny_model, toy_data, tmp_path):
     train(cfg(tiny_model, toy_data, tmp_path / "once", max_steps=2), progress=False)
     with pytest.raises(ConfigError, match="already holds a run"):
         train(cfg(tiny_model, toy_data, tmp_path / "once", max_steps=2), progress=False)
+
+
+def test_out_with_user_files_is_refused_untouched(tiny_model, toy_data, tmp_path):
+    """An existing folder that is not empty and holds no run is someone's files: refused before any
+    compute, nothing in it touched, nothing added. An empty folder is fine."""
+    out = tmp_path / "project"
+    (out / "adapter").mkdir(parents=True)
+    (out / "README.md").write_text("my project\n")
+    (out / "adapter" / "notes.txt").write_text("keep me\n")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"^out: .*project") as err:
+        train(cfg(tiny_model, toy_data, out, max_steps=2), progress=False)
+    assert err.value.field == "out" and len(str(err.value).splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["README.md", "adapter", "adapter/notes.txt"]
+    with pytest.raises(ConfigError, match="holds no run"):  # --resume does not make it a run either
+        train(cfg(tiny_model, toy_data, out, max_steps=2, resume=True), progress=False)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["README.md", "adapter", "adapter/notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train(cfg(tiny_model, toy_data, empty, max_steps=2), progress=False).info.status == "completed"
 
 
 def test_early_stopping_keeps_best(tiny_model, toy_data, tmp_path):

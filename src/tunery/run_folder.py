@@ -13,6 +13,10 @@
 
 Only this module spells these names. Everything here is a plain file read or write: no model,
 no registry, so every floor above may use it.
+
+A run starts only in a folder that is absent or empty (`is_free`), and run.json is the first file
+written into it: a folder that holds files but no run.json is someone else's, and tunery writes
+nothing there (resuming and training both refuse it).
 """
 
 import json
@@ -78,14 +82,17 @@ class FinalRecord(_Record):
 
 
 class RunInfo(_Record):
-    """run.json. Written when the run starts (status running) and when it ships (completed)."""
+    """run.json. Written when the run starts (status running) and when it ships (completed); a run
+    that raises after it started says so here as in the registry (failed, or interrupted: Ctrl-C,
+    pause, cancel), with the error. A process killed outright cannot: its run.json stays running."""
 
     id: str | None = None  # registry id
     name: str | None = None  # registry name, ft:<base>:<suffix>:<short id>
-    status: Literal["running", "completed"] = "running"
+    status: Literal["running", "completed", "failed", "interrupted"] = "running"
     method: str
     started: str
     finished: str | None = None
+    error: str | None = None  # why a failed or interrupted run stopped
     base: BaseRecord
     data: DataRecord
     val: DataRecord | None = None
@@ -156,12 +163,16 @@ class RunFolder:
         """A PEFT adapter, once shipped."""
         return self.path / "adapter" if (self.path / "adapter" / "adapter_config.json").is_file() else None
 
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
     def checkpoint_dir(self, step: int) -> Path:
-        return self.path / self.CHECKPOINTS / f"{CHECKPOINT_PREFIX}{step}"
+        return self.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step}"
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """Complete checkpoints as (step, folder), oldest first."""
-        folder = self.path / self.CHECKPOINTS
+        folder = self.checkpoints_dir
         if not folder.is_dir():
             return []
         found = []
@@ -173,13 +184,17 @@ class RunFolder:
 
     def stray_checkpoints(self) -> list[Path]:
         """Temporary folders a crash mid-write left behind."""
-        folder = self.path / self.CHECKPOINTS
+        folder = self.checkpoints_dir
         return list(folder.glob(".tmp-*")) if folder.is_dir() else []
 
     # -- the records ---------------------------------------------------------------------------
     def is_run(self) -> bool:
         """A run folder: it has a run.json (a run that started)."""
         return self.info_file.is_file()
+
+    def is_free(self) -> bool:
+        """No such path, or an empty folder: where a new run may start without touching anyone's files."""
+        return not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir()))
 
     def read_info(self) -> RunInfo:
         return RunInfo.model_validate_json(self.info_file.read_text())

@@ -1,6 +1,9 @@
 """The registry's touch points for a training run (started, finished, and through `tracking`
 failed or interrupted) and for `tunery eval` / `compare` (a model's recorded results). Kept here
-so the loop itself stays about training."""
+so the loop itself stays about training.
+
+Invariant: when a recorded run raises, its registry row and its run.json both say so, with the
+same status and error; neither is left claiming `running`."""
 
 import re
 from contextlib import contextmanager
@@ -17,8 +20,9 @@ _current: ContextVar[dict | None] = ContextVar("tunery_registry_run", default=No
 
 @contextmanager
 def tracking(interrupted: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
-    """Around one training run: if it raises after being recorded, its row says so: `interrupted`
-    for the exception types given (a user's Ctrl-C, a pause or cancel), `failed` for any other."""
+    """Around one training run: if it raises after being recorded, its row and its run.json say so:
+    `interrupted` for the exception types given (a user's Ctrl-C, a pause or cancel), `failed` for
+    any other."""
     holder: dict = {}
     token = _current.set(holder)
     try:
@@ -26,7 +30,9 @@ def tracking(interrupted: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
     except BaseException as exc:
         if holder.get("id"):
             status = "interrupted" if isinstance(exc, interrupted) else "failed"
-            _mark_failed(holder["id"], status, f"{type(exc).__name__}: {exc}".strip().splitlines()[0])
+            error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+            _mark_failed(holder["id"], status, error)
+            _mark_folder(RunFolder(holder["dir"]), holder["id"], status, error)
         raise
     finally:
         _current.reset(token)
@@ -40,13 +46,23 @@ def _mark_failed(model_id: str, status: str, error: str) -> None:
         pass
 
 
+def _mark_folder(folder: RunFolder, model_id: str, status: str, error: str) -> None:
+    """run.json too, if it is still this run's and still says running."""
+    try:
+        info = folder.read_info()
+        if info.id == model_id and info.status == "running":
+            folder.write_info(info.model_copy(update={"status": status, "finished": now(), "error": error[:2000]}))
+    except Exception:  # noqa: BLE001 - as above
+        pass
+
+
 def started(run_dir: Path, resolved: dict, info: RunInfo, base) -> tuple[str, str]:
     """Record the run as it starts; returns its registry (id, name) for run.json."""
     with connect() as conn:
         model_id, name = store.record_start(conn, run_dir, resolved, info, base)
     holder = _current.get()
     if holder is not None:
-        holder["id"] = model_id
+        holder["id"], holder["dir"] = model_id, run_dir
     return model_id, name
 
 

@@ -54,16 +54,19 @@ def base_locator(reference: str, base) -> str:
 # -- training runs ------------------------------------------------------------------------------
 
 def record_start(conn, run_dir: Path, resolved: dict, info: RunInfo, base) -> tuple[str, str]:
-    """Insert the run (or, on resume, mark its row running again). Returns (id, name) for run.json."""
+    """Insert the run (or, on resume, mark its row running again). Returns (id, name) for run.json.
+
+    A row belongs to one folder. A resumed folder whose run.json names a model registered at
+    another folder that still names that model (a copy of a run folder) is a new model, with its
+    own id and name: the original's row is never touched. A model whose registered folder is gone
+    or names another model now (the folder was moved) follows the folder."""
     run_dir = Path(run_dir).resolve()
     w_hash = weights_hash(conn, base.path, base.adapter)  # before the transaction: hashing can take seconds
     t_hash = tokenizer_hash(conn, base.tokenizer_path, resolved.get("template"))
-    model_id = info.id or uuid.uuid4().hex
     suffix = slug(resolved.get("suffix") or Path(resolved["data"]).stem)
-    name = info.name or model_name(base.name, suffix, model_id)
     data = {"train": info.data.public(), "val": info.val.public() if info.val else None}
     values = {
-        "name": name, "suffix": suffix, "status": "running", "method": resolved["method"],
+        "suffix": suffix, "status": "running", "method": resolved["method"],
         "base_ref": base_locator(resolved["model"], base), "base_name": base.name, "base_path": str(base.path),
         "base_source": base.source, "base_weights_sha256": w_hash, "base_tokenizer_sha256": t_hash,
         "config": json.dumps(resolved | {"suffix": suffix}, default=str), "data": json.dumps(data),
@@ -71,11 +74,18 @@ def record_start(conn, run_dir: Path, resolved: dict, info: RunInfo, base) -> tu
         "derived_from": resolved.get("derived_from"), "pid": os.getpid(), "created": info.started,
     }
     with transaction(conn):
-        if conn.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone():
-            sets = ", ".join(f"{k} = :{k}" for k in values if k not in ("name", "created"))
+        model_id, name = info.id, info.name
+        row = conn.execute("SELECT run_dir FROM models WHERE id = ?", (model_id,)).fetchone() if model_id else None
+        if row and row["run_dir"] != str(run_dir) and RunFolder(row["run_dir"]).owner_id() == model_id:
+            model_id, name, row = None, None, None  # a copy: the original keeps its row
+        model_id = model_id or uuid.uuid4().hex
+        name = name or model_name(base.name, suffix, model_id)
+        if row:
+            sets = ", ".join(f"{k} = :{k}" for k in values if k != "created")
             conn.execute(f"UPDATE models SET {sets}, error = NULL, finished = NULL WHERE id = :id",
                          values | {"id": model_id})
         else:
+            values |= {"name": name}
             conn.execute(f"INSERT INTO models (id, {', '.join(values)}) VALUES (:id, {', '.join(':' + k for k in values)})",
                          values | {"id": model_id})
     return model_id, name

@@ -3,21 +3,37 @@
 RUN/checkpoints/step-N/ holds the trainable weights (safetensors), optimizer and scheduler state,
 RNG states and state.json (TrainState: step, best score, tokens, ...). It is written into a
 temporary folder and renamed into place, then marked complete; a folder without the marker (a
-crash mid-write) is never loaded. Where checkpoints live is RunFolder's to say.
+crash mid-write) is never loaded. Where checkpoints live is RunFolder's to say; the names inside
+one are this module's.
+
+sha256.json, written just before the marker, records the sha256 of every file the checkpoint
+holds. A checkpoint is loaded only after its files match it (`intact`): one damaged later (a
+truncated copy, a full disk, an edit) is skipped with a warning naming it, never half-loaded.
+
+Nothing in a checkpoint is unpickled: RNG states are tensors (rng.safetensors: torch, cuda.N) and
+JSON (rng.json: Python's and numpy's Mersenne Twister states as lists), optimizer and scheduler
+state load with `weights_only=True`. A file of any other name (an old or planted rng.pt) is ignored.
 """
 
 import json
 import random
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..files import atomic_dir
+from ..errors import TuneryError
+from ..files import atomic_dir, file_digest
 from ..metrics import worse_by
 from ..run_folder import COMPLETE, RunFolder
+
+WEIGHTS, OPTIMIZER, SCHEDULER, STATE = "trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json"
+RNG_TENSORS, RNG_JSON = "rng.safetensors", "rng.json"
+FILES = (WEIGHTS, OPTIMIZER, SCHEDULER, RNG_TENSORS, RNG_JSON, STATE)  # what a checkpoint holds
+MANIFEST = "sha256.json"  # {file: sha256} for FILES, written last before the COMPLETE marker
 
 
 @dataclass
@@ -56,24 +72,78 @@ def save_checkpoint(folder: RunFolder, model, optimizer, scheduler, state: Train
 
     dest = folder.checkpoint_dir(state.step)
     with atomic_dir(dest) as tmp:
-        save_file(trainable_state(model), tmp / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(state.state_dict(), indent=2))
+        save_file(trainable_state(model), tmp / WEIGHTS)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER)
+        _save_rng(tmp)
+        (tmp / STATE).write_text(json.dumps(state.state_dict(), indent=2))
+        (tmp / MANIFEST).write_text(json.dumps({name: file_digest(tmp / name) for name in FILES}, indent=2))
         (tmp / COMPLETE).write_text("")
     return dest
+
+
+def damage(path: Path, files: Iterable[str] = FILES) -> str | None:
+    """What is wrong with a checkpoint's `files` against the sha256 recorded when it was written,
+    or None when they all match."""
+    try:
+        recorded = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"no readable {MANIFEST} (damaged, or written by an older tunery)"
+    for name in files:
+        digest = recorded.get(name) if isinstance(recorded, dict) else None
+        if not isinstance(digest, str):
+            return f"{MANIFEST} records no sha256 for {name}"
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if file_digest(path / name) != digest:
+            return f"{name} does not match the sha256 recorded when it was written (damaged or changed)"
+    return None
+
+
+def intact(found: Iterable[tuple[int, Path]], warn: Callable[[str], None]) -> Iterator[Path]:
+    """The checkpoints among `found` (oldest first, as RunFolder.checkpoints gives them) whose
+    files match their recorded sha256, newest first; each one that does not is named through
+    `warn` ("PATH: what is wrong") and skipped. Lazy: the newest intact one costs no more hashing."""
+    for _, path in reversed(list(found)):
+        problem = damage(path)
+        if problem is None:
+            yield path
+        else:
+            warn(f"{path}: {problem}")
+
+
+def load_newest(candidates: Iterable[Path], model, optimizer, scheduler,
+                warn: Callable[[str], None]) -> tuple[Path, TrainState] | None:
+    """Load the first of `candidates` (intact checkpoints, newest first) that loads; each one that
+    fails is named through `warn` and the next is tried. None when none loads."""
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path, model, optimizer, scheduler)
+        except Exception as exc:  # noqa: BLE001 - e.g. written for another recipe: try an older one
+            first = (str(exc).strip().splitlines() or [""])[0]
+            warn(f"{path}: does not load ({type(exc).__name__}: {first})")
+    return None
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     from safetensors.torch import load_file
 
-    weights = load_file(path / "trainable.safetensors")
+    weights = load_file(path / WEIGHTS)
     load_trainable(model, weights)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))  # our own file: python/numpy states
-    return TrainState.from_dict(json.loads((path / "state.json").read_text()))
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True))
+    scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))
+    _load_rng(path)
+    return TrainState.from_dict(json.loads((path / STATE).read_text()))
+
+
+def load_weights(path: Path, model) -> None:
+    """Only a checkpoint's trainable weights (shipping the best step), after checking their sha256."""
+    from safetensors.torch import load_file
+
+    problem = damage(path, (WEIGHTS,))
+    if problem:
+        raise TuneryError(f"{path}: {problem}; cannot ship this step's weights")
+    load_trainable(model, load_file(path / WEIGHTS))
 
 
 def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
@@ -96,16 +166,30 @@ def prune_checkpoints(folder: RunFolder, keep: int, protect: set[int]) -> None:
         shutil.rmtree(stray, ignore_errors=True)
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def _save_rng(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    save_file(tensors, folder / RNG_TENSORS)
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    (folder / RNG_JSON).write_text(json.dumps({
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}))
 
 
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _load_rng(folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / RNG_TENSORS)
+    plain = json.loads((folder / RNG_JSON).read_text())
+    version, internal, gauss = plain["python"]
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])

@@ -2,7 +2,8 @@
 
   1) resolve everything (model, data, auto values) and refuse bad input before any compute
   2) build the model (full | LoRA | DoRA | QLoRA), AdamW, warmup + cosine/linear schedule
-  3) resume from the latest complete checkpoint, if asked
+  3) resume from the newest intact checkpoint that loads, if asked (damaged ones are skipped with a
+     warning); only then is the run recorded (run.json, the registry) as running
   4) loop: for each optimizer step, micro-batches whose summed token losses are divided by the
      step's total trained tokens (so batch 4 x accumulation 2 == batch 8), clip, step, log;
      evaluate, checkpoint, early-stop on schedule
@@ -15,6 +16,7 @@ TrainingStopped, which the registry records as an interruption, not a failure.
 
 import enum
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -91,19 +93,31 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
     base = resolve_model(cfg.model)
     tokenizer = load_tokenizer(base)
     train_set, val_set, data, val = load_data(cfg, tokenizer)
+    warn = _warner(say)
     for note in data.warnings or []:
-        from rich.markup import escape
-
-        say(f"[yellow]warning[/] {escape(note)}")
+        warn(note)
     folder = RunFolder(cfg.out) if cfg.out else RunFolder.default(cfg.data, cfg.method)
-    resume_from = None
+    resume_from, candidates, skipped = None, iter(()), []
+
+    def skip(problem: str) -> None:  # a damaged or unloadable checkpoint
+        skipped.append(problem)
+        warn(f"skipping checkpoint {problem}")
+
     if cfg.resume:
         found = folder.checkpoints()
         if not found and not folder.is_run():
-            raise ConfigError(f"resume: {folder.path} holds no run to resume")
-        resume_from = found[-1][1] if found else None
+            raise ConfigError(f"resume: {folder.path} holds no run to resume", field="resume")
+        candidates = ckpt.intact(found, skip)  # newest first, each verified against its sha256
+        resume_from = next(candidates, None)
+        if found and resume_from is None:
+            raise ConfigError(f"resume: no intact checkpoint in {folder.path}: {_first(skipped)}; move "
+                              f"{folder.checkpoints_dir} away to start over, or train into a new --out", field="resume")
     elif folder.is_run():
-        raise ConfigError(f"out: {folder.path} already holds a run; pass --resume to continue it or choose another --out")
+        raise ConfigError(f"out: {folder.path} already holds a run; pass --resume to continue it or choose another --out",
+                          field="out")
+    elif not folder.is_free():  # someone's files: a run would overwrite README.md, adapter/, ...
+        raise ConfigError(f"out: {folder.path} exists and is not empty but holds no tunery run (no run.json); "
+                          "choose a new or empty folder", field="out")
     # Every auto value, once: the loop, config.yaml, the registry and the jobs API all read this.
     run_cfg = cfg.model_copy(update={"out": str(folder.path)}).resolve(
         len(train_set), len(val_set), precision="bf16" if dtype == torch.bfloat16 else "fp32", format=data.format)
@@ -131,8 +145,18 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.schedule, warmup, total_steps))
     loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
 
+    # 3) resume -----------------------------------------------------------------------------------
+    state = TrainState()
+    if resume_from is not None:
+        loaded = ckpt.load_newest(itertools.chain([resume_from], candidates), model, optimizer, scheduler, skip)
+        if loaded is None:
+            raise TuneryError(f"resume: no checkpoint in {folder.path} loads: {_first(skipped)}; move "
+                              f"{folder.checkpoints_dir} away to start over, or train into a new --out")
+        resume_from, state = loaded
+
+    # Recorded only now, with nothing left to refuse: a run that cannot start leaves its record as it was.
     folder.path.mkdir(parents=True, exist_ok=True)
-    earlier = folder.read_info() if resume_from or cfg.resume else None
+    earlier = folder.read_info() if cfg.resume and folder.is_run() else None
     info = RunInfo(
         id=earlier and earlier.id, name=earlier and earlier.name, status="running", method=cfg.method,
         started=earlier.started if earlier else now(),
@@ -140,13 +164,9 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
         data=data, val=val, parameters={"trainable": trainable, "total": total},
         artifact="model" if cfg.method == "full" else "adapter")
     info.id, info.name = registry.started(folder.path, resolved, info, base)  # saved in run.json too
+    folder.write_info(info)  # first: a folder tunery writes into is a run from its first file on
     folder.write_config(resolved)
-    folder.write_info(info)
-
-    # 3) resume -----------------------------------------------------------------------------------
-    state = TrainState()
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, model, optimizer, scheduler)
         say(f"resuming {folder.path} from {resume_from.name}")
     metrics = folder.open_metrics(resume_step=state.step if cfg.resume else None)
 
@@ -238,9 +258,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
     # 5) ship the selected weights ----------------------------------------------------------------
     shipped = step
     if cfg.select == "best" and state.best_step and state.best_step != step:
-        from safetensors.torch import load_file
-
-        ckpt.load_trainable(model, load_file(folder.checkpoint_dir(state.best_step) / "trainable.safetensors"))
+        ckpt.load_weights(folder.checkpoint_dir(state.best_step), model)
         shipped = state.best_step
     if cfg.template:  # inference must use the template training used: ship it with the weights
         tokenizer.chat_template = template.source
@@ -340,6 +358,17 @@ def _schedule(kind: str, warmup: int, total: int):
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1 - progress)
     return factor
+
+
+def _warner(say):
+    from rich.markup import escape
+
+    return lambda msg: say(f"[yellow]warning[/] {escape(msg)}")
+
+
+def _first(problems: list[str]) -> str:
+    """The first of several problems, in one line."""
+    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
 
 
 def _printer(enabled: bool):
