@@ -275,7 +275,7 @@ def test_interrupted_run_says_so_in_run_json(tiny_model, tmp_path):
     info = RunFolder(tmp_path / "r").read_info()
     with connect() as conn:
         row = store.get(conn, info.id)
-    assert info.status == row["status"] == "interrupted" and info.error == row["error"] == "TrainingStopped: training cancel at step 1"
+    assert info.status == row["status"] == "cancelled" and info.error == row["error"] == "TrainingStopped: training cancelled at step 1"
 
 
 def test_copied_run_folder_resumes_as_a_new_model(tiny_model, tmp_path):
@@ -300,7 +300,7 @@ def test_copied_run_folder_resumes_as_a_new_model(tiny_model, tmp_path):
     with pytest.raises(TrainingStopped):  # a copy whose resume fails or stops marks only itself
         resume(tmp_path / "copy2", on_step=lambda row: Signal.CANCEL)
     copy2 = RunFolder(tmp_path / "copy2").read_info()
-    assert copy2.status == "interrupted" and copy2.id not in (original.info.id, copy.info.id)
+    assert copy2.status == "cancelled" and copy2.id not in (original.info.id, copy.info.id)
     assert RunFolder(tmp_path / "orig").read_info() == original.info
     with connect() as conn:
         after = store.get(conn, original.info.id)
@@ -308,7 +308,7 @@ def test_copied_run_folder_resumes_as_a_new_model(tiny_model, tmp_path):
             {k: before[k] for k in ("status", "run_dir", "name", "error", "finished", "metrics")}
         assert store.get(conn, copy.info.name)["run_dir"] == str((tmp_path / "copy").resolve())
         assert store.get(conn, copy.info.name)["status"] == "completed"
-        assert store.get(conn, copy2.id)["status"] == "interrupted"
+        assert store.get(conn, copy2.id)["status"] == "cancelled"
         assert len(store.list_models(conn)) == 3
 
     os.replace(tmp_path / "orig", tmp_path / "moved")  # a moved folder is still the same model

@@ -88,7 +88,7 @@ class RunInfo(_Record):
 
     id: str | None = None  # registry id
     name: str | None = None  # registry name, ft:<base>:<suffix>:<short id>
-    status: Literal["running", "completed", "failed", "interrupted"] = "running"
+    status: Literal["running", "completed", "failed", "interrupted", "cancelled"] = "running"
     method: str
     started: str
     finished: str | None = None

@@ -31,7 +31,7 @@ def _m001_models(c: sqlite3.Connection) -> None:
             id TEXT PRIMARY KEY,              -- 32 hex digits; the short id is the first 8
             name TEXT NOT NULL UNIQUE,        -- ft:<base-name>:<suffix>:<short-id>
             suffix TEXT NOT NULL,
-            status TEXT NOT NULL,             -- running | completed | failed | interrupted
+            status TEXT NOT NULL,             -- running | completed | failed | interrupted | cancelled
             method TEXT NOT NULL,
             base_ref TEXT NOT NULL,           -- what the run was given (--model)
             base_name TEXT NOT NULL,

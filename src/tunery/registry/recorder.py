@@ -21,15 +21,15 @@ _current: ContextVar[dict | None] = ContextVar("tunery_registry_run", default=No
 @contextmanager
 def tracking(interrupted: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
     """Around one training run: if it raises after being recorded, its row and its run.json say so:
-    `interrupted` for the exception types given (a user's Ctrl-C, a pause or cancel), `failed` for
-    any other."""
+    `interrupted` for the exception types given (a user's Ctrl-C, a pause; an exception may name its
+    own status, as a cancel's `cancelled` does), `failed` for any other."""
     holder: dict = {}
     token = _current.set(holder)
     try:
         yield
     except BaseException as exc:
         if holder.get("id"):
-            status = "interrupted" if isinstance(exc, interrupted) else "failed"
+            status = getattr(exc, "status", "interrupted") if isinstance(exc, interrupted) else "failed"
             error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
             _mark_failed(holder["id"], status, error)
             _mark_folder(RunFolder(holder["dir"]), holder["id"], status, error)

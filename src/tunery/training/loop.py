@@ -62,11 +62,13 @@ class Signal(enum.Enum):
 
 
 class TrainingStopped(Exception):
-    """Raised out of `train` when `on_step` returned a Signal."""
+    """Raised out of `train` when `on_step` returned a Signal. `status` is what the registry and
+    run.json record: a paused run is `interrupted` (it resumes), a cancelled one `cancelled`."""
 
     def __init__(self, signal: Signal, step: int):
-        super().__init__(f"training {signal.value} at step {step}")
         self.signal, self.step = signal, step
+        self.status = "cancelled" if signal is Signal.CANCEL else "interrupted"
+        super().__init__(f"training {'cancelled' if signal is Signal.CANCEL else 'paused'} at step {step}")
 
 
 OnStep = Callable[[dict], "Signal | None"]
