@@ -88,6 +88,20 @@ def test_human_report_and_show(cli_files, tiny_model):
     assert "Traceback" not in proc.stderr
 
 
+def test_invalid_utf8_is_listed_with_the_other_errors(tmp_path, tiny_model):
+    path = tmp_path / "latin1.jsonl"
+    latin1 = json.dumps(GOOD).replace("France?", "France? Cafe").encode().replace(b"Cafe", b"Caf\xe9")  # Latin-1
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + latin1 + b"\n"
+                     + json.dumps({"messages": [{"role": "user", "content": "q"}]}).encode() + b"\n")
+    proc = tunery("data", "check", path, "--model", tiny_model, "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(2, "invalid_utf8"), (3, "no_assistant")]
+    assert "byte 0xe9 at column" in report["errors"][0]["message"] and report["good"] == 1
+    proc = tunery("data", "check", path, "--model", tiny_model)
+    assert proc.returncode == 1 and "invalid_utf8" in proc.stdout and "2 errors" in proc.stdout
+
+
 @pytest.mark.parametrize("case", ["missing-file", "suffix", "model"])
 def test_one_line_errors(tmp_path, tiny_model, case):
     if case == "missing-file":

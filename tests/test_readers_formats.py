@@ -313,3 +313,55 @@ def test_majority_format_wins_and_unknown_rows_fail(tmp_path, tiny_tokenizer):
 def test_file_of_only_broken_rows_lists_each(tmp_path, tiny_tokenizer):
     s = scan(write_jsonl(tmp_path / "d.jsonl", ["{broken", "[1, 2]"]), tiny_tokenizer)
     assert [(e.line, e.code) for e in s.errors] == [(1, "invalid_json"), (2, "not_object")]
+
+
+# -- strict UTF-8 ------------------------------------------------------------------------------
+
+def test_jsonl_invalid_utf8_is_an_error_on_its_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n{"c": 3}\n')  # line 2 saved as Latin-1
+    rows = list(read_rows(path))
+    assert [line for line, _ in rows] == [1, 2, 3]
+    assert rows[0][1] == {"a": 1} and rows[2][1] == {"c": 3}
+    err = rows[1][1]
+    assert isinstance(err, RowError) and err.code == "invalid_utf8"
+    assert "byte 0xe9 at column 11" in err.message and "save the file as UTF-8" in err.message
+
+
+def test_json_invalid_utf8_names_the_line_of_the_bad_bytes(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_bytes(b'[\n  {"a": 1},\n  {"b": 2,\n   "c": "caf\xe9"},\n  {"d": 4}\n]\n')
+    rows = list(read_rows(path))
+    assert rows[0] == (2, {"a": 1}) and rows[2] == (5, {"d": 4}) and len(rows) == 3
+    line, err = rows[1]
+    assert line == 4 and isinstance(err, RowError) and err.code == "invalid_utf8"
+    assert "byte 0xe9 at column 13" in err.message and "starting on line 3" in err.message
+    # Bad bytes between elements break the array's structure: named where they are, reading stops.
+    path.write_bytes(b'[{"a": 1},\n \xff {"b": 2}]')
+    rows = list(read_rows(path))
+    assert rows[0] == (1, {"a": 1}) and len(rows) == 2
+    assert rows[1][0] == 2 and rows[1][1].code == "invalid_utf8" and "byte 0xff at column 2" in rows[1][1].message
+
+
+def test_csv_invalid_utf8_names_the_line_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'prompt,completion\nhi,there\nq,"multi\nline caf\xe9"\nhey,you\n')
+    rows = list(read_rows(path))
+    assert rows[0] == (2, {"prompt": "hi", "completion": "there"})
+    assert rows[2] == (5, {"prompt": "hey", "completion": "you"}) and len(rows) == 3
+    line, err = rows[1]
+    assert line == 4 and isinstance(err, RowError) and err.code == "invalid_utf8"
+    assert "byte 0xe9 at column 9" in err.message and "starting on line 3" in err.message
+    path.write_bytes(b"pr\xf6mpt,completion\nhi,there\n")  # the header is no example: the file is refused
+    with pytest.raises(DataError, match=r"d\.csv:1: invalid UTF-8: byte 0xf6 at column 3"):
+        list(read_rows(path))
+
+
+def test_invalid_utf8_is_listed_with_the_other_errors(tmp_path, tiny_tokenizer):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(json.dumps(chat(("q", "a"))).encode() + b"\n"
+                     + json.dumps(chat(("q", "caf\u00e9"))).encode().replace(b"\\u00e9", b"\xe9") + b"\n"
+                     + b'{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    s = scan(path, tiny_tokenizer)
+    assert [(e.line, e.code) for e in s.errors] == [(2, "invalid_utf8"), (3, "no_assistant")]
+    assert [e.line for e in s.kept] == [1]

@@ -2,10 +2,15 @@
 
 Readers stream: they yield (line, value) where value is the parsed row, or a RowError for a
 row that could not be parsed, so one bad line never hides the rest of the file.
+
+Text is UTF-8, strictly: bytes that are not are an `invalid_utf8` error naming the line (and
+column) that holds them, never silently replaced. JSONL lines end at b"\n" only (JSON Lines);
+CSV lines end where `open(newline="")` ends them (\n, \r\n or a lone \r).
 """
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,19 +43,49 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, object]]:
     yield from reader(path)
 
 
+def _bad_utf8(raw: bytes, exc: UnicodeDecodeError, start_line: int | None = None) -> RowError:
+    """The invalid-UTF-8 error of one line `raw`; `start_line` is the line its example starts on, if another."""
+    column = len(raw[:exc.start].decode("utf-8")) + 1
+    where = f" (in the example starting on line {start_line})" if start_line else ""
+    return RowError("invalid_utf8", f"invalid UTF-8: byte 0x{raw[exc.start]:02x} at column {column}{where}; "
+                                    "save the file as UTF-8")
+
+
 def _jsonl(path: Path):
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
-            if not raw.strip():
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield n, _bad_utf8(raw, exc)
+                continue
+            if not text.strip():
                 continue
             try:
-                yield n, json.loads(raw)
+                yield n, json.loads(text)
             except json.JSONDecodeError as exc:
                 yield n, RowError("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
 
 
+# Undecodable bytes, kept by surrogateescape as lone surrogates, which valid UTF-8 never decodes to.
+_ESCAPED = re.compile("[\udc80-\udcff]")
+
+
+def _escaped_bad_utf8(text: str, at: int, start_line: int | None = None) -> tuple[int, RowError]:
+    """(line, error) for the undecodable byte at text[at] (decoded with surrogateescape)."""
+    line_end = text.find("\n", at)
+    raw = text[text.rfind("\n", 0, at) + 1:line_end if line_end >= 0 else len(text)]
+    raw = raw.encode("utf-8", "surrogateescape")  # the line's bytes as they are in the file
+    line = text.count("\n", 0, at) + 1
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return line, _bad_utf8(raw, exc, start_line if start_line != line else None)
+    raise AssertionError("no undecodable byte on this line")  # pragma: no cover
+
+
 def _json_array(path: Path):
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_bytes().decode("utf-8", "surrogateescape")
     decoder = json.JSONDecoder()
     i, line, n = 0, 1, len(text)
 
@@ -65,6 +100,9 @@ def _json_array(path: Path):
         i = to
 
     advance(skip_ws(0))
+    if i < n and _ESCAPED.match(text, i):
+        line, err = _escaped_bad_utf8(text, i)
+        raise DataError(f"{path}:{line}: {err.message}")
     if i >= n or text[i] != "[":
         raise DataError(f"{path}:{line}: a .json dataset must be one JSON array of examples (use .jsonl for one per line)")
     advance(skip_ws(i + 1))
@@ -75,29 +113,59 @@ def _json_array(path: Path):
         try:
             value, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as exc:
-            yield exc.lineno, RowError("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
+            if exc.pos < n and _ESCAPED.match(text, exc.pos):
+                yield _escaped_bad_utf8(text, exc.pos)
+            else:
+                yield exc.lineno, RowError("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
             return  # the array's structure is lost after a syntax error
+        bad = _ESCAPED.search(text, i, end)  # undecodable bytes inside a string of this element
         advance(end)
-        yield start_line, value
+        yield (_escaped_bad_utf8(text, bad.start(), start_line) if bad else (start_line, value))
         advance(skip_ws(i))
         if i < n and text[i] == ",":
             advance(skip_ws(i + 1))
         elif i < n and text[i] == "]":
+            return
+        elif i < n and _ESCAPED.match(text, i):
+            yield _escaped_bad_utf8(text, i)
             return
         else:
             yield line, RowError("invalid_json", "invalid JSON: expected ',' or ']' after an element")
             return
 
 
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+
+
 def _csv(path: Path):
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        reader = csv.reader(f)
+    bad: list[tuple[int, bytes, UnicodeDecodeError]] = []  # lines of the current row that are not UTF-8
+
+    def lines(f):  # the file's lines as csv.reader wants them, strictly decoded
+        for raw in f:
+            for piece in _LONE_CR.split(raw) if b"\r" in raw else (raw,):
+                if not piece:
+                    continue
+                try:
+                    yield piece.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    bad.append((reader.line_num + 1, piece, exc))  # line_num counts the lines handed out
+                    yield piece.decode("utf-8", "replace")  # keeps the CSV structure readable
+
+    with open(path, "rb") as f:
+        reader = csv.reader(lines(f))
         header = next(reader, None)
+        if bad:  # the header is no example: the file is refused
+            raise DataError(f"{path}:{bad[0][0]}: {_bad_utf8(bad[0][1], bad[0][2]).message}")
         if header is None:
             return
         while True:
             start = reader.line_num + 1  # the file line this row starts on (line 1 is the header)
             cells = next(reader, None)
+            if bad:
+                line, raw, exc = bad[0]
+                bad.clear()
+                yield line, _bad_utf8(raw, exc, start if start != line else None)
+                continue
             if cells is None:
                 return
             if not cells:  # a blank line: no row, but it counts as a line
