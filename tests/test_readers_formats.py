@@ -365,3 +365,41 @@ def test_invalid_utf8_is_listed_with_the_other_errors(tmp_path, tiny_tokenizer):
     s = scan(path, tiny_tokenizer)
     assert [(e.line, e.code) for e in s.errors] == [(2, "invalid_utf8"), (3, "no_assistant")]
     assert [e.line for e in s.kept] == [1]
+
+
+# -- JSON syntax errors are named where they are -----------------------------------------------
+
+def test_jsonl_truncated_row_reports_its_own_line_and_column(tmp_path):
+    truncated = '{"messages": [{"role": "user", "content": "hi"}'
+    for end in ("\n", "\r\n"):
+        path = tmp_path / "d.jsonl"
+        path.write_bytes(f'{{"a": 1}}{end}{truncated}{end}{{"b": 2}}{end}'.encode())
+        rows = list(read_rows(path))
+        assert [line for line, _ in rows] == [1, 2, 3] and rows[2][1] == {"b": 2}
+        err = rows[1][1]
+        assert isinstance(err, RowError) and err.code == "invalid_json"
+        assert err.message == f"invalid JSON: Expecting ',' delimiter (column {len(truncated) + 1})"
+
+
+@pytest.mark.parametrize("text, line, message", [
+    # a truncated object at the end of a line: the end of that line, not column 1 of the next
+    ('[\n  {"a": 1},\n  {"b": 2\n]\n', 3, "Expecting ',' delimiter (column 10)"),
+    ('[\n  {"a": 1}\n  {"b": 2}\n]\n', 2, "expected ',' or ']' after an element (column 11)"),
+    ('[\n  {"a": 1,\n  }\n]\n', 2, "Expecting property name enclosed in double quotes (column 11)"),
+    ('[\n  {"a": 1},\n  {"b": 2}\n', 3, "expected ',' or ']' after an element (column 11)"),
+    ('[\n  {"a": 1},\n', 2, "Expecting value (column 12)"),
+    ('[\n', 1, "Expecting value (column 2)"),
+    # a bad token or a stray comma is itself the problem: named where it is
+    ('[\n  {"a": 1},\n  oops\n]\n', 3, "Expecting value (column 3)"),
+    ('[\n  {"a": 1},\n  ,\n]\n', 3, "Expecting value (column 3)"),
+    ('[\n  {"a": "x\n"}\n]\n', 2, "Invalid control character at (column 11)"),
+    # anything after the closing bracket would be silently lost
+    ('[\n  {"a": 1}\n]\n[\n  {"b": 2}\n]\n', 4, "extra data after the array's closing ']' (column 1)"),
+])
+def test_json_syntax_errors_name_the_real_line_and_column(tmp_path, text, line, message):
+    path = tmp_path / "d.json"
+    path.write_text(text)
+    rows = list(read_rows(path))
+    assert isinstance(rows[-1][1], RowError) and rows[-1][1].code == "invalid_json"
+    assert (rows[-1][0], rows[-1][1].message) == (line, f"invalid JSON: {message}")
+    assert all(not isinstance(value, RowError) for _, value in rows[:-1])

@@ -6,6 +6,12 @@ row that could not be parsed, so one bad line never hides the rest of the file.
 Text is UTF-8, strictly: bytes that are not are an `invalid_utf8` error naming the line (and
 column) that holds them, never silently replaced. JSONL lines end at b"\n" only (JSON Lines);
 CSV lines end where `open(newline="")` ends them (\n, \r\n or a lone \r).
+
+A JSON syntax error names the line and column of the problem: a JSONL line is parsed without its
+line end, so a truncated row is reported at its own end, not at column 1 of the next line; in a
+.json array, a missing token that the parser only notices on a later line (a truncated element,
+a missing comma, a trailing comma, a missing ']') is reported right after the last token before
+it. A .json file holds exactly one array: a missing ']' or anything after it is an error.
 """
 
 import csv
@@ -62,7 +68,7 @@ def _jsonl(path: Path):
             if not text.strip():
                 continue
             try:
-                yield n, json.loads(text)
+                yield n, json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 yield n, RowError("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
 
@@ -106,32 +112,44 @@ def _json_array(path: Path):
     if i >= n or text[i] != "[":
         raise DataError(f"{path}:{line}: a .json dataset must be one JSON array of examples (use .jsonl for one per line)")
     advance(skip_ws(i + 1))
-    if i < n and text[i] == "]":
-        return
-    while i < n:
-        start_line = line
-        try:
-            value, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            if exc.pos < n and _ESCAPED.match(text, exc.pos):
-                yield _escaped_bad_utf8(text, exc.pos)
+    if not (i < n and text[i] == "]"):
+        while True:
+            start_line = line
+            try:
+                value, end = decoder.raw_decode(text, i)
+            except json.JSONDecodeError as exc:
+                yield _syntax_error(text, exc.pos, exc.msg, missing=exc.msg.startswith("Expecting"))
+                return  # the array's structure is lost after a syntax error
+            bad = _ESCAPED.search(text, i, end)  # undecodable bytes inside a string of this element
+            advance(end)
+            yield (_escaped_bad_utf8(text, bad.start(), start_line) if bad else (start_line, value))
+            advance(skip_ws(i))
+            if i < n and text[i] == ",":
+                advance(skip_ws(i + 1))
+            elif i < n and text[i] == "]":
+                break
             else:
-                yield exc.lineno, RowError("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
-            return  # the array's structure is lost after a syntax error
-        bad = _ESCAPED.search(text, i, end)  # undecodable bytes inside a string of this element
-        advance(end)
-        yield (_escaped_bad_utf8(text, bad.start(), start_line) if bad else (start_line, value))
-        advance(skip_ws(i))
-        if i < n and text[i] == ",":
-            advance(skip_ws(i + 1))
-        elif i < n and text[i] == "]":
-            return
-        elif i < n and _ESCAPED.match(text, i):
-            yield _escaped_bad_utf8(text, i)
-            return
-        else:
-            yield line, RowError("invalid_json", "invalid JSON: expected ',' or ']' after an element")
-            return
+                yield _syntax_error(text, i, "expected ',' or ']' after an element", missing=True)
+                return
+    advance(skip_ws(i + 1))
+    if i < n:  # a second array, or JSONL after the first: it would be silently lost
+        yield _syntax_error(text, i, "extra data after the array's closing ']'", missing=False)
+
+
+def _syntax_error(text: str, pos: int, msg: str, *, missing: bool) -> tuple[int, RowError]:
+    """(line, error) for a JSON syntax error the parser found at text[pos]. When something is
+    `missing` and the parser only found out on a later line, at the start of a plausible token (or
+    at the end of the file), the problem is the end of the earlier line: it is named there."""
+    if pos < len(text) and _ESCAPED.match(text, pos):
+        return _escaped_bad_utf8(text, pos)
+    if missing and (pos >= len(text) or text[pos] in '{}[]"'):
+        end = pos
+        while end > 0 and text[end - 1] in " \t\r\n":
+            end -= 1
+        if "\n" in text[end:pos]:
+            pos = end
+    line, column = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+    return line, RowError("invalid_json", f"invalid JSON: {msg} (column {column})")
 
 
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
