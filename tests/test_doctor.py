@@ -276,3 +276,24 @@ def test_issues_are_listed_in_file_order(tmp_path, tiny_tokenizer):
     report = check(write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer, max_length=64)
     assert issues(report) == [(4, "nothing_trainable"), (5, "invalid_json")]
     assert issues(report, "warnings") == [(1, "too_long"), (3, "duplicate"), (6, "too_long")]
+
+
+def test_tokenizer_batches_are_bounded_by_text_size(tmp_path, tiny_tokenizer, monkeypatch):
+    from tunery.data import dataset
+
+    rows = [ok_row(i) for i in range(6)] + [long_row(300), ok_row(7), ok_row(1), "{bad"]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    renderer = Renderer(tiny_tokenizer, load_template(tiny_tokenizer))
+    whole = scan_file(path, renderer, max_length=128, keep=True)
+    batches = []
+    encode_many = Renderer.encode_many
+    monkeypatch.setattr(Renderer, "encode_many", lambda self, convs: batches.append([c.line for c in convs])
+                        or encode_many(self, convs))
+    monkeypatch.setattr(dataset, "CHUNK_CHARS", 400)  # about 3 short rows; the long one is ~1,300
+    bounded = scan_file(path, renderer, max_length=128, keep=True)
+    assert [7] in batches and all(1 <= len(b) <= 3 for b in batches)
+    assert sum(batches, []) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [(e.line, e.input_ids, e.loss_mask) for e in bounded.kept] == [(e.line, e.input_ids, e.loss_mask)
+                                                                         for e in whole.kept]
+    assert (bounded.errors, bounded.warnings, bounded.lengths) == (whole.errors, whole.warnings, whole.lengths)
+    assert [(w.line, w.code) for w in whole.warnings] == [(7, "too_long"), (9, "duplicate")]

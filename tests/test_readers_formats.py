@@ -403,3 +403,74 @@ def test_json_syntax_errors_name_the_real_line_and_column(tmp_path, text, line, 
     assert isinstance(rows[-1][1], RowError) and rows[-1][1].code == "invalid_json"
     assert (rows[-1][0], rows[-1][1].message) == (line, f"invalid JSON: {message}")
     assert all(not isinstance(value, RowError) for _, value in rows[:-1])
+
+
+# -- bounded reading ---------------------------------------------------------------------------
+
+def test_one_long_jsonl_line_is_an_error_naming_the_cap(tmp_path, monkeypatch, tiny_tokenizer):
+    from tunery.data import readers
+
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 1000)
+    path = tmp_path / "d.jsonl"
+    long = json.dumps(chat(("q", "fox " * 5000)))
+    path.write_text(long)  # one line, no newline at the end
+    rows = list(read_rows(path))
+    assert len(rows) == 1 and rows[0][0] == 1
+    err = rows[0][1]
+    assert isinstance(err, RowError) and err.code == "too_large"
+    assert err.message == (f"the line is {len(long):,} bytes, over the 1,000 bytes one example may take; "
+                           "shorten or split it")
+    # Between other lines: only that line is refused, and the lines after it keep their numbers.
+    path.write_text(f"{json.dumps(chat(('q1', 'a1')))}\n{long}\n\n{json.dumps(chat(('q2', 'a2')))}\n")
+    s = scan(path, tiny_tokenizer)
+    assert [(e.line, e.code) for e in s.errors] == [(2, "too_large")] and [e.line for e in s.kept] == [1, 4]
+    # At the cap exactly (newline not counted) is fine.
+    path.write_text(json.dumps({"text": "x" * (1000 - 12)}) + "\r\n")
+    assert len(path.read_bytes()) == 1002 and list(read_rows(path)) == [(1, {"text": "x" * 988})]
+
+
+def test_json_file_over_its_cap_is_refused_and_big_elements_are_errors(tmp_path, monkeypatch):
+    from tunery.data import readers
+
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"a": 1}, {"text": "x" * 2000}, {"b": 2}], indent=1))
+    monkeypatch.setattr(readers, "MAX_JSON_BYTES", 1000)
+    with pytest.raises(DataError, match=r"d\.json: the file is 2,0\d\d bytes, over the 1,000 bytes a \.json dataset "
+                                        r"may take \(it is read whole\); convert it to \.jsonl"):
+        list(read_rows(path))
+    monkeypatch.setattr(readers, "MAX_JSON_BYTES", 10_000)
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 1000)
+    rows = list(read_rows(path))
+    assert rows[0] == (2, {"a": 1}) and rows[2] == (8, {"b": 2})
+    assert rows[1][0] == 5 and rows[1][1].code == "too_large"
+    assert rows[1][1].message.startswith("the example is 2,0") and "over the 1,000 bytes" in rows[1][1].message
+
+
+def test_csv_line_or_row_over_the_cap_is_one_line_error(tmp_path, monkeypatch):
+    from tunery.data import readers
+
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 1000)
+    path = tmp_path / "d.csv"
+    path.write_text(f"prompt,completion\nhi,there\nq,{'x' * 2000}\n")
+    with pytest.raises(DataError, match=r"d\.csv:3: the line is 2,002 bytes, over the 1,000 bytes one example may take"):
+        list(read_rows(path))
+    many = "\n".join(["x" * 99] * 20)  # each line is short, the row is not
+    path.write_text(f'prompt,completion\nhi,there\n\nq,"{many}"\n')
+    with pytest.raises(DataError, match=r"d\.csv:\d+: the row starting on line 4 is over the 1,000 bytes"):
+        list(read_rows(path))
+
+
+def test_csv_cells_longer_than_the_csv_modules_default_limit(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text(f'prompt,completion\nq,"{"x" * 200_000}"\n')  # csv's default field limit is 131072
+    assert list(read_rows(path)) == [(2, {"prompt": "q", "completion": "x" * 200_000})]
+
+
+def test_parquet_row_over_the_cap_is_an_error(tmp_path, monkeypatch):
+    from tunery.data import readers
+
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 1000)
+    path = write_parquet(tmp_path / "d.parquet", [{"prompt": "q", "completion": c} for c in ("a", "x" * 2000, "b")])
+    rows = list(read_rows(path))
+    assert rows[0] == (1, {"prompt": "q", "completion": "a"}) and rows[2] == (3, {"prompt": "q", "completion": "b"})
+    assert rows[1][0] == 2 and rows[1][1].code == "too_large" and "over the 1,000 bytes" in rows[1][1].message

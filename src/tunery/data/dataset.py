@@ -2,10 +2,14 @@
 
 The data doctor and training share this pass, so what the doctor reports is exactly what
 training would use.
+
+Bounded: rows are read as a stream (each at most `readers.MAX_ROW_BYTES`) and tokenized in
+batches of at most CHUNK examples and CHUNK_CHARS characters of conversation (one bigger example
+goes alone), so memory follows the largest example, not the file; what the scan keeps per example
+is counts (and the tokens themselves only with keep=True, for training).
 """
 
 import hashlib
-import itertools
 import json
 import random
 from dataclasses import dataclass, field
@@ -16,7 +20,8 @@ from .formats import Invalid, normalise, rows_with_format
 from .render import OVERLONG_POLICIES, Encoded, Renderer, apply_max_length
 from .types import Issue
 
-CHUNK = 1024  # examples per batched tokenizer call
+CHUNK = 1024  # examples per batched tokenizer call, at most
+CHUNK_CHARS = 4 * 2**20  # characters of conversation (as JSON) per batched tokenizer call, at most
 
 
 @dataclass
@@ -65,23 +70,32 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
     fmt, rows = rows_with_format(path, fmt)
     scan = Scan(path=path, format=fmt)
     seen: dict[bytes, int] = {}
-    while chunk := list(itertools.islice(rows, CHUNK)):
-        convs = []
-        for line, row in chunk:
-            scan.examples += 1
-            conv, issues = normalise(line, row, fmt)
-            scan.errors.extend(issues)
-            if conv is None:
-                continue
-            key = hashlib.blake2b(json.dumps([conv.messages, conv.tools, conv.text], sort_keys=True,
-                                             default=str).encode(), digest_size=16).digest()
-            if key in seen:
-                scan.warnings.append(Issue(line, "duplicate", f"exact duplicate of line {seen[key]}"))
-            else:
-                seen[key] = line
-            convs.append(conv)
+    convs, chars = [], 0
+
+    def encode():
         for conv, enc in zip(convs, renderer.encode_many(convs)):
             _account(scan, conv.line, enc, max_length, overlong, keep)
+        convs.clear()
+
+    for line, row in rows:
+        scan.examples += 1
+        conv, issues = normalise(line, row, fmt)
+        scan.errors.extend(issues)
+        if conv is None:
+            continue
+        canonical = json.dumps([conv.messages, conv.tools, conv.text], sort_keys=True, default=str)
+        key = hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+        if key in seen:
+            scan.warnings.append(Issue(line, "duplicate", f"exact duplicate of line {seen[key]}"))
+        else:
+            seen[key] = line
+        if convs and (len(convs) >= CHUNK or chars + len(canonical) > CHUNK_CHARS):
+            encode()
+            chars = 0
+        convs.append(conv)
+        chars += len(canonical)
+    if convs:
+        encode()
     if scan.n_kept and fmt != "text":
         scan.warnings += [Issue(0, code, message) for code, message in renderer.template_warnings()]
     if scan.examples == 0:
