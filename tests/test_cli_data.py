@@ -102,6 +102,18 @@ def test_invalid_utf8_is_listed_with_the_other_errors(tmp_path, tiny_model):
     assert proc.returncode == 1 and "invalid_utf8" in proc.stdout and "2 errors" in proc.stdout
 
 
+def test_every_example_dropped_exits_1(tmp_path, tiny_model):
+    long = {"messages": [GOOD["messages"][0], {"role": "assistant", "content": "fox " * 200}]}
+    path = write_jsonl(tmp_path / "long.jsonl", [long])
+    proc = tunery("data", "check", path, "--model", tiny_model, "--max-length", "64", "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False and [e["code"] for e in report["errors"]] == ["no_usable_examples"]
+    proc = tunery("data", "check", path, "--model", tiny_model, "--max-length", "64")
+    assert proc.returncode == 1
+    assert "no_usable_examples" in proc.stdout and "longer than max_length 64" in proc.stdout
+
+
 @pytest.mark.parametrize("case", ["missing-file", "suffix", "model"])
 def test_one_line_errors(tmp_path, tiny_model, case):
     if case == "missing-file":

@@ -52,7 +52,7 @@ class Scan:
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors  # an empty file, or one whose examples were all dropped, has an error
 
     def raise_if_errors(self) -> None:
         """Training refuses a file with errors: one line naming the first and how to see all."""
@@ -100,10 +100,25 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
         scan.warnings += [Issue(0, code, message) for code, message in renderer.template_warnings()]
     if scan.examples == 0:
         scan.errors.append(Issue(0, "empty_file", "the file holds no examples"))
+    elif scan.n_kept == 0 and scan.dropped:  # "ok" with nothing to train on would be a lie
+        scan.errors.append(Issue(0, "no_usable_examples", _none_usable(scan, max_length)))
     # Format problems are found before template/length ones within a chunk: list in file order.
     scan.errors.sort(key=lambda issue: issue.line)
     scan.warnings.sort(key=lambda issue: issue.line)
     return scan
+
+
+def _none_usable(scan: Scan, max_length: int) -> str:
+    """Why a file whose examples were all dropped (some may have errors) leaves nothing to train on."""
+    fix = "raise max_length or set overlong to truncate"
+    bad = scan.examples - scan.dropped
+    if bad:
+        return (f"no usable examples: {scan.dropped} {'is' if scan.dropped == 1 else 'are'} longer than max_length "
+                f"{max_length}, the other {bad} {'has' if bad == 1 else 'have'} errors; fix them, {fix}")
+    if scan.dropped == 1:
+        return f"no usable examples: the one example is longer than max_length {max_length} ({scan.lengths[0]} tokens); {fix}"
+    return (f"no usable examples: all {scan.dropped} examples are longer than max_length {max_length} (the shortest "
+            f"has {min(scan.lengths)} tokens); {fix}")
 
 
 def _account(scan: Scan, line: int, enc: "Encoded | Invalid", max_length: int, overlong: str, keep: bool) -> None:
