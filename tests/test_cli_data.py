@@ -114,6 +114,23 @@ def test_every_example_dropped_exits_1(tmp_path, tiny_model):
     assert "no_usable_examples" in proc.stdout and "longer than max_length 64" in proc.stdout
 
 
+def test_one_long_line_is_an_error_not_a_memory_blowup(tmp_path, tiny_model, monkeypatch):
+    from tunery.data import readers
+
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 4096)  # 8 MiB in use; small here to keep the test fast
+    path = tmp_path / "one-line.jsonl"
+    path.write_text(json.dumps({"messages": [GOOD["messages"][0], {"role": "assistant", "content": "fox " * 50_000}]}))
+    proc = tunery("data", "check", path, "--model", tiny_model, "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(1, "too_large")]
+    assert "over the 4,096 bytes one example may take" in report["errors"][0]["message"]
+    csv_path = tmp_path / "one-line.csv"  # in a CSV the structure is lost there: one line, exit 1
+    csv_path.write_text("prompt,completion\nq," + "x" * 5000 + "\n")
+    proc = tunery("data", "check", csv_path, "--model", tiny_model)
+    assert_one_line_error(proc, "one-line.csv:2: the line is 5,002 bytes, over the 4,096 bytes")
+
+
 @pytest.mark.parametrize("case", ["missing-file", "suffix", "model"])
 def test_one_line_errors(tmp_path, tiny_model, case):
     if case == "missing-file":

@@ -223,13 +223,13 @@ def _csv(path: Path):
             n = reader.line_num + 1
             if text is None:
                 raise DataError(f"{path}:{n}: {_too_large('the line', size)}")
-            row["bytes"] += _nbytes(text)  # a quoted cell's line ends are part of the row, its last one is not
-            if row["bytes"] - (len(text) - len(text.rstrip("\r\n"))) > MAX_ROW_BYTES:
+            is_ascii = text.isascii()
+            row["bytes"] += len(text) if is_ascii else _nbytes(text)  # a quoted cell's line ends count, the row's not
+            if row["bytes"] > MAX_ROW_BYTES and row["bytes"] - (len(text) - len(text.rstrip("\r\n"))) > MAX_ROW_BYTES:
                 raise DataError(f"{path}:{n}: the row starting on line {row['start']} is over the "
                                 f"{_size(MAX_ROW_BYTES)} one example may take (a quote left open?); shorten or split it")
-            at = _first_bad(text)
-            if at is not None and not bad:
-                bad.append(_bad_utf8(text, at, n, row["start"]))
+            if not is_ascii and not bad and (at := _ESCAPED.search(text)):
+                bad.append(_bad_utf8(text, at.start(), n, row["start"]))
             yield text
 
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
