@@ -88,6 +88,49 @@ def test_human_report_and_show(cli_files, tiny_model):
     assert "Traceback" not in proc.stderr
 
 
+def test_invalid_utf8_is_listed_with_the_other_errors(tmp_path, tiny_model):
+    path = tmp_path / "latin1.jsonl"
+    latin1 = json.dumps(GOOD).replace("France?", "France? Cafe").encode().replace(b"Cafe", b"Caf\xe9")  # Latin-1
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + latin1 + b"\n"
+                     + json.dumps({"messages": [{"role": "user", "content": "q"}]}).encode() + b"\n")
+    proc = tunery("data", "check", path, "--model", tiny_model, "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(2, "invalid_utf8"), (3, "no_assistant")]
+    assert "byte 0xe9 at column" in report["errors"][0]["message"] and report["good"] == 1
+    proc = tunery("data", "check", path, "--model", tiny_model)
+    assert proc.returncode == 1 and "invalid_utf8" in proc.stdout and "2 errors" in proc.stdout
+
+
+def test_every_example_dropped_exits_1(tmp_path, tiny_model):
+    long = {"messages": [GOOD["messages"][0], {"role": "assistant", "content": "fox " * 200}]}
+    path = write_jsonl(tmp_path / "long.jsonl", [long])
+    proc = tunery("data", "check", path, "--model", tiny_model, "--max-length", "64", "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False and [e["code"] for e in report["errors"]] == ["no_usable_examples"]
+    proc = tunery("data", "check", path, "--model", tiny_model, "--max-length", "64")
+    assert proc.returncode == 1
+    assert "no_usable_examples" in proc.stdout and "longer than max_length 64" in proc.stdout
+
+
+def test_one_long_line_is_an_error_not_a_memory_blowup(tmp_path, tiny_model, monkeypatch):
+    from tunery.data import readers
+
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 4096)  # 8 MiB in use; small here to keep the test fast
+    path = tmp_path / "one-line.jsonl"
+    path.write_text(json.dumps({"messages": [GOOD["messages"][0], {"role": "assistant", "content": "fox " * 50_000}]}))
+    proc = tunery("data", "check", path, "--model", tiny_model, "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(1, "too_large")]
+    assert "over the 4,096 bytes one example may take" in report["errors"][0]["message"]
+    csv_path = tmp_path / "one-line.csv"  # in a CSV the structure is lost there: one line, exit 1
+    csv_path.write_text("prompt,completion\nq," + "x" * 5000 + "\n")
+    proc = tunery("data", "check", csv_path, "--model", tiny_model)
+    assert_one_line_error(proc, "one-line.csv:2: the line is 5,002 bytes, over the 4,096 bytes")
+
+
 @pytest.mark.parametrize("case", ["missing-file", "suffix", "model"])
 def test_one_line_errors(tmp_path, tiny_model, case):
     if case == "missing-file":

@@ -123,6 +123,30 @@ def test_overlong_drop_is_the_default(tmp_path, tiny_tokenizer):
     assert s["tokens_per_example"]["max"] == nlong  # lengths are before the length policy
 
 
+def test_every_example_dropped_is_not_ok(tmp_path, tiny_tokenizer):
+    rows = [long_row(), long_row(150)]
+    (n1, n2), _ = lengths_of(tiny_tokenizer, rows)
+    report = check(write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer, max_length=64)
+    assert report["ok"] is False and report["good"] == 0 and report["stats"]["dropped"] == 2
+    assert issues(report) == [(0, "no_usable_examples")]
+    assert report["errors"][0]["message"] == (
+        f"no usable examples: all 2 examples are longer than max_length 64 (the shortest has {min(n1, n2)} tokens); "
+        "raise max_length or set overlong to truncate")
+    assert issues(report, "warnings") == [(1, "too_long"), (2, "too_long")]
+    # One example: said so. Some dropped, the rest bad: both counted.
+    report = check(write_jsonl(tmp_path / "one.jsonl", [long_row()]), tiny_tokenizer, max_length=64)
+    assert report["errors"][0]["message"].startswith("no usable examples: the one example is longer than max_length 64")
+    report = check(write_jsonl(tmp_path / "mixed.jsonl", [{"messages": [u("x")]}, long_row(), "{bad"]),
+                   tiny_tokenizer, max_length=64)
+    assert issues(report) == [(0, "no_usable_examples"), (1, "no_assistant"), (3, "invalid_json")]
+    assert report["errors"][0]["message"].startswith(
+        "no usable examples: 1 is longer than max_length 64, the other 2 have errors")
+    # Training refuses such a file with that one line.
+    scan = scan_file(tmp_path / "d.jsonl", Renderer(tiny_tokenizer, load_template(tiny_tokenizer)), max_length=64)
+    with pytest.raises(DataError, match=r"d\.jsonl:0: no usable examples: all 2 examples"):
+        scan.raise_if_errors()
+
+
 def test_overlong_truncate(tmp_path, tiny_tokenizer):
     rows = [ok_row(1), long_row()]
     (n1, nlong), (t1, tlong) = lengths_of(tiny_tokenizer, rows)
@@ -276,3 +300,24 @@ def test_issues_are_listed_in_file_order(tmp_path, tiny_tokenizer):
     report = check(write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer, max_length=64)
     assert issues(report) == [(4, "nothing_trainable"), (5, "invalid_json")]
     assert issues(report, "warnings") == [(1, "too_long"), (3, "duplicate"), (6, "too_long")]
+
+
+def test_tokenizer_batches_are_bounded_by_text_size(tmp_path, tiny_tokenizer, monkeypatch):
+    from tunery.data import dataset
+
+    rows = [ok_row(i) for i in range(6)] + [long_row(300), ok_row(7), ok_row(1), "{bad"]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    renderer = Renderer(tiny_tokenizer, load_template(tiny_tokenizer))
+    whole = scan_file(path, renderer, max_length=128, keep=True)
+    batches = []
+    encode_many = Renderer.encode_many
+    monkeypatch.setattr(Renderer, "encode_many", lambda self, convs: batches.append([c.line for c in convs])
+                        or encode_many(self, convs))
+    monkeypatch.setattr(dataset, "CHUNK_CHARS", 400)  # about 3 short rows; the long one is ~1,300
+    bounded = scan_file(path, renderer, max_length=128, keep=True)
+    assert [7] in batches and all(1 <= len(b) <= 3 for b in batches)
+    assert sum(batches, []) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [(e.line, e.input_ids, e.loss_mask) for e in bounded.kept] == [(e.line, e.input_ids, e.loss_mask)
+                                                                         for e in whole.kept]
+    assert (bounded.errors, bounded.warnings, bounded.lengths) == (whole.errors, whole.warnings, whole.lengths)
+    assert [(w.line, w.code) for w in whole.warnings] == [(7, "too_long"), (9, "duplicate")]

@@ -313,3 +313,164 @@ def test_majority_format_wins_and_unknown_rows_fail(tmp_path, tiny_tokenizer):
 def test_file_of_only_broken_rows_lists_each(tmp_path, tiny_tokenizer):
     s = scan(write_jsonl(tmp_path / "d.jsonl", ["{broken", "[1, 2]"]), tiny_tokenizer)
     assert [(e.line, e.code) for e in s.errors] == [(1, "invalid_json"), (2, "not_object")]
+
+
+# -- strict UTF-8 ------------------------------------------------------------------------------
+
+def test_jsonl_invalid_utf8_is_an_error_on_its_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n{"c": 3}\n')  # line 2 saved as Latin-1
+    rows = list(read_rows(path))
+    assert [line for line, _ in rows] == [1, 2, 3]
+    assert rows[0][1] == {"a": 1} and rows[2][1] == {"c": 3}
+    err = rows[1][1]
+    assert isinstance(err, RowError) and err.code == "invalid_utf8"
+    assert "byte 0xe9 at column 11" in err.message and "save the file as UTF-8" in err.message
+
+
+def test_json_invalid_utf8_names_the_line_of_the_bad_bytes(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_bytes(b'[\n  {"a": 1},\n  {"b": 2,\n   "c": "caf\xe9"},\n  {"d": 4}\n]\n')
+    rows = list(read_rows(path))
+    assert rows[0] == (2, {"a": 1}) and rows[2] == (5, {"d": 4}) and len(rows) == 3
+    line, err = rows[1]
+    assert line == 4 and isinstance(err, RowError) and err.code == "invalid_utf8"
+    assert "byte 0xe9 at column 13" in err.message and "starting on line 3" in err.message
+    # Bad bytes between elements break the array's structure: named where they are, reading stops.
+    path.write_bytes(b'[{"a": 1},\n \xff {"b": 2}]')
+    rows = list(read_rows(path))
+    assert rows[0] == (1, {"a": 1}) and len(rows) == 2
+    assert rows[1][0] == 2 and rows[1][1].code == "invalid_utf8" and "byte 0xff at column 2" in rows[1][1].message
+
+
+def test_csv_invalid_utf8_names_the_line_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'prompt,completion\nhi,there\nq,"multi\nline caf\xe9"\nhey,you\n')
+    rows = list(read_rows(path))
+    assert rows[0] == (2, {"prompt": "hi", "completion": "there"})
+    assert rows[2] == (5, {"prompt": "hey", "completion": "you"}) and len(rows) == 3
+    line, err = rows[1]
+    assert line == 4 and isinstance(err, RowError) and err.code == "invalid_utf8"
+    assert "byte 0xe9 at column 9" in err.message and "starting on line 3" in err.message
+    path.write_bytes(b"pr\xf6mpt,completion\nhi,there\n")  # the header is no example: the file is refused
+    with pytest.raises(DataError, match=r"d\.csv:1: invalid UTF-8: byte 0xf6 at column 3"):
+        list(read_rows(path))
+
+
+def test_invalid_utf8_is_listed_with_the_other_errors(tmp_path, tiny_tokenizer):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(json.dumps(chat(("q", "a"))).encode() + b"\n"
+                     + json.dumps(chat(("q", "caf\u00e9"))).encode().replace(b"\\u00e9", b"\xe9") + b"\n"
+                     + b'{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    s = scan(path, tiny_tokenizer)
+    assert [(e.line, e.code) for e in s.errors] == [(2, "invalid_utf8"), (3, "no_assistant")]
+    assert [e.line for e in s.kept] == [1]
+
+
+# -- JSON syntax errors are named where they are -----------------------------------------------
+
+def test_jsonl_truncated_row_reports_its_own_line_and_column(tmp_path):
+    truncated = '{"messages": [{"role": "user", "content": "hi"}'
+    for end in ("\n", "\r\n"):
+        path = tmp_path / "d.jsonl"
+        path.write_bytes(f'{{"a": 1}}{end}{truncated}{end}{{"b": 2}}{end}'.encode())
+        rows = list(read_rows(path))
+        assert [line for line, _ in rows] == [1, 2, 3] and rows[2][1] == {"b": 2}
+        err = rows[1][1]
+        assert isinstance(err, RowError) and err.code == "invalid_json"
+        assert err.message == f"invalid JSON: Expecting ',' delimiter (column {len(truncated) + 1})"
+
+
+@pytest.mark.parametrize("text, line, message", [
+    # a truncated object at the end of a line: the end of that line, not column 1 of the next
+    ('[\n  {"a": 1},\n  {"b": 2\n]\n', 3, "Expecting ',' delimiter (column 10)"),
+    ('[\n  {"a": 1}\n  {"b": 2}\n]\n', 2, "expected ',' or ']' after an element (column 11)"),
+    ('[\n  {"a": 1,\n  }\n]\n', 2, "Expecting property name enclosed in double quotes (column 11)"),
+    ('[\n  {"a": 1},\n  {"b": 2}\n', 3, "expected ',' or ']' after an element (column 11)"),
+    ('[\n  {"a": 1},\n', 2, "Expecting value (column 12)"),
+    ('[\n', 1, "Expecting value (column 2)"),
+    # a bad token or a stray comma is itself the problem: named where it is
+    ('[\n  {"a": 1},\n  oops\n]\n', 3, "Expecting value (column 3)"),
+    ('[\n  {"a": 1},\n  ,\n]\n', 3, "Expecting value (column 3)"),
+    ('[\n  {"a": "x\n"}\n]\n', 2, "Invalid control character at (column 11)"),
+    # anything after the closing bracket would be silently lost
+    ('[\n  {"a": 1}\n]\n[\n  {"b": 2}\n]\n', 4, "extra data after the array's closing ']' (column 1)"),
+])
+def test_json_syntax_errors_name_the_real_line_and_column(tmp_path, text, line, message):
+    path = tmp_path / "d.json"
+    path.write_text(text)
+    rows = list(read_rows(path))
+    assert isinstance(rows[-1][1], RowError) and rows[-1][1].code == "invalid_json"
+    assert (rows[-1][0], rows[-1][1].message) == (line, f"invalid JSON: {message}")
+    assert all(not isinstance(value, RowError) for _, value in rows[:-1])
+
+
+# -- bounded reading ---------------------------------------------------------------------------
+
+def test_one_long_jsonl_line_is_an_error_naming_the_cap(tmp_path, monkeypatch, tiny_tokenizer):
+    from tunery.data import readers
+
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 1000)
+    path = tmp_path / "d.jsonl"
+    long = json.dumps(chat(("q", "fox " * 5000)))
+    path.write_text(long)  # one line, no newline at the end
+    rows = list(read_rows(path))
+    assert len(rows) == 1 and rows[0][0] == 1
+    err = rows[0][1]
+    assert isinstance(err, RowError) and err.code == "too_large"
+    assert err.message == (f"the line is {len(long):,} bytes, over the 1,000 bytes one example may take; "
+                           "shorten or split it")
+    # Between other lines: only that line is refused, and the lines after it keep their numbers.
+    path.write_text(f"{json.dumps(chat(('q1', 'a1')))}\n{long}\n\n{json.dumps(chat(('q2', 'a2')))}\n")
+    s = scan(path, tiny_tokenizer)
+    assert [(e.line, e.code) for e in s.errors] == [(2, "too_large")] and [e.line for e in s.kept] == [1, 4]
+    # At the cap exactly (newline not counted) is fine.
+    path.write_text(json.dumps({"text": "x" * (1000 - 12)}) + "\r\n")
+    assert len(path.read_bytes()) == 1002 and list(read_rows(path)) == [(1, {"text": "x" * 988})]
+
+
+def test_json_file_over_its_cap_is_refused_and_big_elements_are_errors(tmp_path, monkeypatch):
+    from tunery.data import readers
+
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"a": 1}, {"text": "x" * 2000}, {"b": 2}], indent=1))
+    monkeypatch.setattr(readers, "MAX_JSON_BYTES", 1000)
+    with pytest.raises(DataError, match=r"d\.json: the file is 2,0\d\d bytes, over the 1,000 bytes a \.json dataset "
+                                        r"may take \(it is read whole\); convert it to \.jsonl"):
+        list(read_rows(path))
+    monkeypatch.setattr(readers, "MAX_JSON_BYTES", 10_000)
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 1000)
+    rows = list(read_rows(path))
+    assert rows[0] == (2, {"a": 1}) and rows[2] == (8, {"b": 2})
+    assert rows[1][0] == 5 and rows[1][1].code == "too_large"
+    assert rows[1][1].message.startswith("the example is 2,0") and "over the 1,000 bytes" in rows[1][1].message
+
+
+def test_csv_line_or_row_over_the_cap_is_one_line_error(tmp_path, monkeypatch):
+    from tunery.data import readers
+
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 1000)
+    path = tmp_path / "d.csv"
+    path.write_text(f"prompt,completion\nhi,there\nq,{'x' * 2000}\n")
+    with pytest.raises(DataError, match=r"d\.csv:3: the line is 2,002 bytes, over the 1,000 bytes one example may take"):
+        list(read_rows(path))
+    many = "\n".join(["x" * 99] * 20)  # each line is short, the row is not
+    path.write_text(f'prompt,completion\nhi,there\n\nq,"{many}"\n')
+    with pytest.raises(DataError, match=r"d\.csv:\d+: the row starting on line 4 is over the 1,000 bytes"):
+        list(read_rows(path))
+
+
+def test_csv_cells_longer_than_the_csv_modules_default_limit(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text(f'prompt,completion\nq,"{"x" * 200_000}"\n')  # csv's default field limit is 131072
+    assert list(read_rows(path)) == [(2, {"prompt": "q", "completion": "x" * 200_000})]
+
+
+def test_parquet_row_over_the_cap_is_an_error(tmp_path, monkeypatch):
+    from tunery.data import readers
+
+    monkeypatch.setattr(readers, "MAX_ROW_BYTES", 1000)
+    path = write_parquet(tmp_path / "d.parquet", [{"prompt": "q", "completion": c} for c in ("a", "x" * 2000, "b")])
+    rows = list(read_rows(path))
+    assert rows[0] == (1, {"prompt": "q", "completion": "a"}) and rows[2] == (3, {"prompt": "q", "completion": "b"})
+    assert rows[1][0] == 2 and rows[1][1].code == "too_large" and "over the 1,000 bytes" in rows[1][1].message

@@ -2,10 +2,14 @@
 
 The data doctor and training share this pass, so what the doctor reports is exactly what
 training would use.
+
+Bounded: rows are read as a stream (each at most `readers.MAX_ROW_BYTES`) and tokenized in
+batches of at most CHUNK examples and CHUNK_CHARS characters of conversation (one bigger example
+goes alone), so memory follows the largest example, not the file; what the scan keeps per example
+is counts (and the tokens themselves only with keep=True, for training).
 """
 
 import hashlib
-import itertools
 import json
 import random
 from dataclasses import dataclass, field
@@ -16,7 +20,8 @@ from .formats import Invalid, normalise, rows_with_format
 from .render import OVERLONG_POLICIES, Encoded, Renderer, apply_max_length
 from .types import Issue
 
-CHUNK = 1024  # examples per batched tokenizer call
+CHUNK = 1024  # examples per batched tokenizer call, at most
+CHUNK_CHARS = 4 * 2**20  # characters of conversation (as JSON) per batched tokenizer call, at most
 
 
 @dataclass
@@ -47,7 +52,7 @@ class Scan:
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors  # an empty file, or one whose examples were all dropped, has an error
 
     def raise_if_errors(self) -> None:
         """Training refuses a file with errors: one line naming the first and how to see all."""
@@ -65,31 +70,55 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
     fmt, rows = rows_with_format(path, fmt)
     scan = Scan(path=path, format=fmt)
     seen: dict[bytes, int] = {}
-    while chunk := list(itertools.islice(rows, CHUNK)):
-        convs = []
-        for line, row in chunk:
-            scan.examples += 1
-            conv, issues = normalise(line, row, fmt)
-            scan.errors.extend(issues)
-            if conv is None:
-                continue
-            key = hashlib.blake2b(json.dumps([conv.messages, conv.tools, conv.text], sort_keys=True,
-                                             default=str).encode(), digest_size=16).digest()
-            if key in seen:
-                scan.warnings.append(Issue(line, "duplicate", f"exact duplicate of line {seen[key]}"))
-            else:
-                seen[key] = line
-            convs.append(conv)
+    convs, chars = [], 0
+
+    def encode():
         for conv, enc in zip(convs, renderer.encode_many(convs)):
             _account(scan, conv.line, enc, max_length, overlong, keep)
+        convs.clear()
+
+    for line, row in rows:
+        scan.examples += 1
+        conv, issues = normalise(line, row, fmt)
+        scan.errors.extend(issues)
+        if conv is None:
+            continue
+        canonical = json.dumps([conv.messages, conv.tools, conv.text], sort_keys=True, default=str)
+        key = hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+        if key in seen:
+            scan.warnings.append(Issue(line, "duplicate", f"exact duplicate of line {seen[key]}"))
+        else:
+            seen[key] = line
+        if convs and (len(convs) >= CHUNK or chars + len(canonical) > CHUNK_CHARS):
+            encode()
+            chars = 0
+        convs.append(conv)
+        chars += len(canonical)
+    if convs:
+        encode()
     if scan.n_kept and fmt != "text":
         scan.warnings += [Issue(0, code, message) for code, message in renderer.template_warnings()]
     if scan.examples == 0:
         scan.errors.append(Issue(0, "empty_file", "the file holds no examples"))
+    elif scan.n_kept == 0 and scan.dropped:  # "ok" with nothing to train on would be a lie
+        scan.errors.append(Issue(0, "no_usable_examples", _none_usable(scan, max_length)))
     # Format problems are found before template/length ones within a chunk: list in file order.
     scan.errors.sort(key=lambda issue: issue.line)
     scan.warnings.sort(key=lambda issue: issue.line)
     return scan
+
+
+def _none_usable(scan: Scan, max_length: int) -> str:
+    """Why a file whose examples were all dropped (some may have errors) leaves nothing to train on."""
+    fix = "raise max_length or set overlong to truncate"
+    bad = scan.examples - scan.dropped
+    if bad:
+        return (f"no usable examples: {scan.dropped} {'is' if scan.dropped == 1 else 'are'} longer than max_length "
+                f"{max_length}, the other {bad} {'has' if bad == 1 else 'have'} errors; fix them, {fix}")
+    if scan.dropped == 1:
+        return f"no usable examples: the one example is longer than max_length {max_length} ({scan.lengths[0]} tokens); {fix}"
+    return (f"no usable examples: all {scan.dropped} examples are longer than max_length {max_length} (the shortest "
+            f"has {min(scan.lengths)} tokens); {fix}")
 
 
 def _account(scan: Scan, line: int, enc: "Encoded | Invalid", max_length: int, overlong: str, keep: bool) -> None:
