@@ -170,3 +170,19 @@ def test_upload_limit_counts_the_bytes_too(api):
     r = api.post("/v1/files", headers=AUTH, files={"file": ("big.jsonl", io.BytesIO(b"x" * 20_000))},
                  data={"purpose": "fine-tune"})
     assert r.status_code == 413
+
+
+def test_checkpoints_are_servable_by_name(api, tiny_model, tmp_path):
+    """`<fine-tune>:ckpt-step-N` (as /checkpoints lists them) answers like the final model does."""
+    from tunery.training import train
+
+    data = write_jsonl(tmp_path / "d.jsonl", rows(16))
+    run = train(dict(model=str(tiny_model), data=str(data), out=str(tmp_path / "run"), max_steps=40, lr=3e-2,
+                     batch_size=8, val_split=0, save_every=20, keep_checkpoints=5, select="last"), progress=False)
+    ask = {"messages": [{"role": "user", "content": "question 3"}], "max_tokens": 12, "temperature": 0}
+    final = api.post("/v1/chat/completions", headers=AUTH, json={"model": run.info.name} | ask).json()
+    at_40 = api.post("/v1/chat/completions", headers=AUTH, json={"model": f"{run.info.name}:ckpt-step-40"} | ask)
+    assert at_40.status_code == 200, at_40.text
+    assert at_40.json()["choices"][0]["message"]["content"] == final["choices"][0]["message"]["content"]
+    assert api.get(f"/v1/models/{run.info.name}:ckpt-step-20", headers=AUTH).status_code == 200
+    assert error(api.get(f"/v1/models/{run.info.name}:ckpt-step-7", headers=AUTH), 404)["code"] == "model_not_found"

@@ -143,7 +143,7 @@ def test_every_example_dropped_is_not_ok(tmp_path, tiny_tokenizer):
         "no usable examples: 1 is longer than max_length 64, the other 2 have errors")
     # Training refuses such a file with that one line.
     scan = scan_file(tmp_path / "d.jsonl", Renderer(tiny_tokenizer, load_template(tiny_tokenizer)), max_length=64)
-    with pytest.raises(DataError, match=r"d\.jsonl:0: no usable examples: all 2 examples"):
+    with pytest.raises(DataError, match=r"d\.jsonl: no usable examples: all 2 examples"):
         scan.raise_if_errors()
 
 

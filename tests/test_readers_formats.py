@@ -474,3 +474,13 @@ def test_parquet_row_over_the_cap_is_an_error(tmp_path, monkeypatch):
     rows = list(read_rows(path))
     assert rows[0] == (1, {"prompt": "q", "completion": "a"}) and rows[2] == (3, {"prompt": "q", "completion": "b"})
     assert rows[1][0] == 2 and rows[1][1].code == "too_large" and "over the 1,000 bytes" in rows[1][1].message
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path):
+    """Excel and Notepad save UTF-8 with a BOM: the first row (and a CSV header) reads as without."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"prompt": "p", "completion": "c"}\n')
+    (tmp_path / "a.csv").write_bytes(bom + b"prompt,completion\np,c\n")
+    (tmp_path / "a.json").write_bytes(bom + b'[{"prompt": "p", "completion": "c"}]')
+    for name in ("a.jsonl", "a.csv", "a.json"):
+        assert [r for _, r in read_rows(tmp_path / name)] == [{"prompt": "p", "completion": "c"}], name

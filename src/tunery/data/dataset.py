@@ -59,7 +59,8 @@ class Scan:
         if self.errors:
             first = self.errors[0]
             more = f" (and {len(self.errors) - 1} more; run `tunery data check {self.path}`)" if len(self.errors) > 1 else ""
-            raise DataError(f"{self.path}:{first.line}: {first.message} [{first.code}]{more}")
+            where = f"{self.path}:{first.line}" if first.line else str(self.path)  # line 0: the whole file
+            raise DataError(f"{where}: {first.message} [{first.code}]{more}")
 
 
 def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong: str = "drop",

@@ -9,7 +9,8 @@ or row over it is a one-line DataError (the CSV's structure is lost there). JSON
 are read as streams; a .json file is one array, read whole, so it is refused above
 MAX_JSON_BYTES with the command that converts it to JSONL.
 
-Text is UTF-8, strictly: bytes that are not are an `invalid_utf8` error naming the line (and
+Text is UTF-8, strictly (a leading byte-order mark, as Excel writes, is skipped): bytes that are
+not are an `invalid_utf8` error naming the line (and
 column) that holds them, never silently replaced. Text is decoded with surrogateescape, which
 keeps each undecodable byte as a lone surrogate (valid UTF-8 never decodes to one), so the
 structure around a bad byte stays readable and the byte is found exactly. JSONL lines end at
@@ -123,7 +124,7 @@ def _lines(f, ends: tuple[str, ...]) -> Iterator[tuple[str | None, int]]:
 # -- the readers -------------------------------------------------------------------------------
 
 def _jsonl(path: Path):
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="\n") as f:
         for n, (text, size) in enumerate(_lines(f, ("\n",)), 1):
             if text is None:
                 yield n, RowError("too_large", _too_large("the line", size))
@@ -146,7 +147,7 @@ def _json_array(path: Path):
         raise DataError(f"{path}: {_over('the file', size, MAX_JSON_BYTES, 'a .json dataset may take')} (it is read "
                         f"whole); convert it to .jsonl, which is read line by line: jq -c '.[]' {path.name} > "
                         f"{path.stem}.jsonl")
-    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
     decoder = json.JSONDecoder()
     i, line, n = 0, 1, len(text)
 
@@ -232,7 +233,7 @@ def _csv(path: Path):
                 bad.append(_bad_utf8(text, at.start(), n, row["start"]))
             yield text
 
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(lines(f))
         header = next(reader, None)
         if bad:  # the header is no example: the file is refused

@@ -31,7 +31,8 @@ def print_report(report: dict, console) -> None:
         for issue in issues:
             table.add_row(str(issue["line"]), issue["code"], escape(issue["message"]))  # messages quote templates
         console.print(table)
-    verdict = "[green]ok[/]" if report["ok"] else f"[red]{report['error_count']} errors[/]: fix them before training"
+    n = report["error_count"]
+    verdict = "[green]ok[/]" if report["ok"] else f"[red]{n} error{'s' * (n != 1)}[/]: fix {'them' if n != 1 else 'it'} before training"
     console.print(verdict)
 
 

@@ -7,12 +7,15 @@ Answers never include server paths; an unknown name and a path that exists on th
 the same answer.
 """
 
+import json
 import re
+from pathlib import Path
 
 from ..errors import ModelNotFound, TuneryError
 from ..models import DEFAULT_ALIASES, ResolvedModel, resolve_model
 
 REGISTRY_REF = re.compile(r"^(ft:[A-Za-z0-9._:-]+|[0-9a-f]{8,32})$")
+CHECKPOINT_REF = re.compile(r"^(?P<owner>ft:[A-Za-z0-9._:-]+|[0-9a-f]{8,32}|ftjob-[0-9a-f]{24}):ckpt-step-(?P<step>[0-9]{1,9})$")
 BASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -60,6 +63,8 @@ class Catalog:
             return resolve_model(name)
         if name in self.bases:
             return resolve_model(self.bases[name])
+        if m := CHECKPOINT_REF.match(name):
+            return self._checkpoint(name, m["owner"], int(m["step"]))
         if REGISTRY_REF.match(name):
             from ..models.resolve import resolve_registered
 
@@ -71,6 +76,36 @@ class Catalog:
             if found is not None:
                 return found
         raise ModelNotFound(f"The model '{name}' does not exist", "model")
+
+    def _checkpoint(self, name: str, owner: str, step: int) -> ResolvedModel:
+        """`<fine-tune or job>:ckpt-step-N`: that checkpoint, written out once as a model."""
+        from ..home import tunery_home
+        from ..registry import jobs, store
+        from ..registry.db import connect
+        from ..run_folder import RunFolder
+        from ..training.snapshot import write_snapshot
+
+        with connect(create=False) as conn:
+            if conn is None:
+                row = None
+            elif owner.startswith("ftjob-"):
+                job = jobs.get_job(conn, owner)
+                row = job and job["run_dir"] and {"id": owner, "run_dir": job["run_dir"],
+                                                  "base_ref": json.loads(job["config"] or "{}").get("model")}
+            else:
+                row = store.find(conn, owner)
+        if not row or not row.get("base_ref"):
+            raise ModelNotFound(f"The model '{name}' does not exist", "model")
+        try:
+            snapshot = write_snapshot(RunFolder(row["run_dir"]), step, row["base_ref"],
+                                      tunery_home() / "snapshots" / f"{row['id']}-step-{step}")
+        except TuneryError:
+            raise ModelNotFound(f"The model '{name}' does not exist (no intact checkpoint at step {step})",
+                                "model") from None
+        if snapshot.name == "model":
+            return ResolvedModel(name, snapshot.parent.name, snapshot, "run", run=Path(row["run_dir"]))
+        base = resolve_model(row["base_ref"])
+        return ResolvedModel(name, snapshot.parent.name, base.path, "run", adapter=snapshot, run=Path(row["run_dir"]))
 
     def names(self) -> list[str]:
         """Every model a client may name: the default, the configured bases, completed fine-tunes."""
