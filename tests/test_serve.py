@@ -240,7 +240,10 @@ def test_an_unauthenticated_upload_is_answered_before_its_body(server):
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                   b"Content-Length: 419430400\r\n\r\n")
-        reply = s.recv(4096).decode()
+        reply = b""
+        while chunk := s.recv(4096):  # the server closes the connection after its answer
+            reply += chunk
+        reply = reply.decode()
     assert reply.startswith("HTTP/1.1 401") and "invalid_api_key" in reply
 
 
