@@ -61,8 +61,12 @@ def test_compare_three_contestants_and_report(tuned, tmp_path):
     assert cs["prompt_only"]["prompt_tokens_per_request"] > cs["tuned"]["prompt_tokens_per_request"] + 20
     assert result["summary"]["prompt_tokens_saved_per_request"] > 20
     assert result["summary"]["tuned_wins_on_quality"] is True
+    v = result["verdict"]
+    assert v["worth_it"] is True and v["best_tuned"] == "tuned" and v["metric"] == "exact" and v["quality_gain"] > 0
+    assert v["training"]["seconds"] > 0 and v["training"]["trained_tokens"] > 0 and v["text"].startswith("Worth it")
     assert json.loads((report_dir / "report.json").read_text())["contestants"].keys() == cs.keys()
     html = (report_dir / "report.html").read_text()
+    assert 'class="verdict" data-worth-it="true"' in html
     assert html.count('class="series"') == 2  # train and validation loss curves
     assert "http://" not in html and "https://" not in html and "<script" not in html  # self-contained
 
@@ -127,3 +131,36 @@ def test_best_by_metric_needs_generation(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="unknown"):
         train(dict(model=str(tiny_model), data=str(data), out=str(tmp_path / "r"), eval_generate_every=2,
                    eval_metric="nope"), progress=False)
+
+
+def _contestant(quality: float, tokens: float, latency: float, metric: str = "exact") -> dict:
+    return {"metrics": {metric: quality}, "prompt_tokens_per_request": tokens, "latency_s_per_request": latency}
+
+
+@pytest.mark.parametrize("case, worth, starts", [
+    ("prompting is better", False, "Not worth fine-tuning: prompt_only"),
+    ("same quality, cheaper", True, "Worth it for the cost per request"),
+    ("same quality, no cheaper", False, "Not worth fine-tuning: the same quality"),
+    ("fine-tune better", True, "Worth it: the fine-tune is better"),
+])
+def test_the_verdict_weighs_quality_then_cost(case, worth, starts):
+    from tunery.evaluate.compare import verdict
+
+    tuned_q, tuned_tokens, tuned_latency = {"prompting is better": (0.6, 50, 0.1), "same quality, cheaper": (0.9, 50, 0.1),
+                                            "same quality, no cheaper": (0.9, 250, 0.5),
+                                            "fine-tune better": (0.97, 50, 0.1)}[case]
+    cs = {"base": _contestant(0.0, 50, 0.1), "prompt_only": _contestant(0.9, 250, 0.5),
+          "tuned": _contestant(tuned_q, tuned_tokens, tuned_latency)}
+    v = verdict(cs, "exact", {"seconds": 40.0, "trained_tokens": 10_000})
+    assert v["worth_it"] is worth and v["text"].startswith(starts), v["text"]
+    assert v["best_untuned"] == "prompt_only"
+    if case == "same quality, cheaper":
+        assert v["break_even_requests"] == 100  # 40 s of training / 0.4 s saved per request
+
+
+def test_the_verdict_reads_a_lower_is_better_metric_the_right_way():
+    from tunery.evaluate.compare import verdict
+
+    cs = {"prompt_only": _contestant(1.5, 250, 0.5, "loss"), "tuned": _contestant(0.5, 50, 0.1, "loss")}
+    v = verdict(cs, "loss", None)
+    assert v["worth_it"] and v["quality_gain"] == pytest.approx(1.0) and v["break_even_requests"] is None

@@ -38,10 +38,56 @@ def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_
     del base_gen
     tuned_gen = Generator(tuned)
     contestants["tuned"] = evaluate(tuned_gen, cases, loss=dataset_loss(tuned_gen, data, cfg), **kw)
+    training = None
+    if tuned_ref.run is not None:
+        final = RunFolder(tuned_ref.run).read_info().final
+        training = {"seconds": final.seconds, "trained_tokens": final.trained_tokens} if final else None
     return {
         "data": str(data), "base": base, "tuned": tuned, "few_shot": few_shot, "system": system,
         "examples": len(cases), "contestants": contestants, "summary": summarise(contestants, metrics),
+        "verdict": verdict(contestants, metrics[0], training),
     }
+
+
+TUNED = ("tuned", "tuned_rag")  # contestants that needed a fine-tune; the others did not
+SAME = 0.01  # quality within this (absolute, on the verdict's metric) counts as the same
+
+
+def verdict(contestants: dict, metric: str, training: dict | None) -> dict:
+    """Should this task be fine-tuned at all? The best contestant without a fine-tune (prompting,
+    retrieval) against the best with one, on `metric` first, then on what each request costs
+    (prompt tokens, latency), with the training's cost repaid by the latency saved."""
+
+    def best(names):
+        # Higher quality first; on equal quality, the cheaper request.
+        return min(names, key=lambda n: (round(worse_by(metric, 0.0, contestants[n]["metrics"][metric]), 9),
+                                          contestants[n]["latency_s_per_request"]))
+
+    untuned = best([n for n in contestants if n not in TUNED])
+    tuned = best([n for n in contestants if n in TUNED])
+    u, t = contestants[untuned], contestants[tuned]
+    gain = -worse_by(metric, u["metrics"][metric], t["metrics"][metric])  # > 0: the fine-tune is better
+    tokens_saved = u["prompt_tokens_per_request"] - t["prompt_tokens_per_request"]
+    latency_saved = u["latency_s_per_request"] - t["latency_s_per_request"]
+    seconds = (training or {}).get("seconds")
+    break_even = (round(seconds / latency_saved) if seconds is not None and latency_saved > 0 else None)
+    what = f"{metric} {t['metrics'][metric]:.3f} ({tuned}) vs {u['metrics'][metric]:.3f} ({untuned})"
+    costs = (f"{tokens_saved:+.0f} prompt tokens and {latency_saved * 1000:+.0f} ms saved per request")
+    if gain < -SAME:
+        worth, text = False, (f"Not worth fine-tuning: {untuned} (no fine-tune) scores higher, {what}. "
+                              "Keep the prompt (and retrieval).")
+    elif gain > SAME:
+        worth, text = True, f"Worth it: the fine-tune is better, {what}; {costs}."
+    elif latency_saved > 0 or tokens_saved > 0:
+        repay = (f"; its {seconds:g} s of training are repaid by the time saved after about {break_even:,} requests"
+                 if break_even is not None else "")
+        worth, text = True, f"Worth it for the cost per request: the same quality ({what}), {costs}{repay}."
+    else:
+        worth, text = False, (f"Not worth fine-tuning: the same quality ({what}) and no request is cheaper "
+                              f"({costs}); {untuned} does the job with less upkeep.")
+    return {"metric": metric, "best_untuned": untuned, "best_tuned": tuned, "quality_gain": gain,
+            "prompt_tokens_saved_per_request": tokens_saved, "latency_saved_s_per_request": latency_saved,
+            "training": training, "break_even_requests": break_even, "worth_it": worth, "text": text}
 
 
 def summarise(contestants: dict, metrics: list[str]) -> dict:

@@ -9,6 +9,7 @@ COLORS = {"base": "#9aa5b1", "prompt_only": "#f0a04b", "tuned": "#2f80ed", "trai
 
 
 def print_comparison(result: dict, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     cs = result["contestants"]
@@ -28,6 +29,9 @@ def print_comparison(result: dict, console) -> None:
                   f"({s['prompt_tokens_saved_fraction']:.0%}) and {s['latency_saved_s_per_request'] * 1000:.0f} ms per "
                   f"request against the prompt-only baseline; quality: {wins} → "
                   + ("[green]the fine-tune wins[/]" if s["tuned_wins_on_quality"] else "[yellow]the fine-tune does not win on every metric[/]"))
+    if result.get("verdict"):
+        v = result["verdict"]
+        console.print(("[bold green]" if v["worth_it"] else "[bold yellow]") + "verdict:[/] " + escape(v["text"]))
 
 
 def _fmt(v) -> str:
@@ -93,6 +97,13 @@ def bar_chart(result: dict, width=640) -> str:
     return "".join(parts)
 
 
+def _verdict_html(v: dict | None) -> str:
+    if not v:
+        return ""
+    return (f'<h2>Verdict: should this task be fine-tuned?</h2><p class="verdict" data-worth-it="{str(v["worth_it"]).lower()}">'
+            f'{html.escape(v["text"])}</p>')
+
+
 def render_html(result: dict, metrics_rows: list[dict]) -> str:
     train = [(r["step"], r["loss"]) for r in metrics_rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in metrics_rows if "val_loss" in r]
@@ -126,6 +137,7 @@ base <code>{html.escape(str(result['base']))}</code>, tuned <code>{html.escape(s
 prompt-only baseline: {result['few_shot']} few-shot examples{' and a system prompt' if result.get('system') else ''}.</p>
 <p class="summary">{verdict}. Against the prompt-only baseline it saves {s['prompt_tokens_saved_per_request']:.1f} prompt tokens
 ({s['prompt_tokens_saved_fraction']:.0%}) and {s['latency_saved_s_per_request'] * 1000:.0f} ms per request.</p>
+{_verdict_html(result.get("verdict"))}
 <h2>Training</h2>
 {line_chart({"train": train, "val": val} if val else {"train": train}, title="loss by step")}
 <h2>Metrics</h2>
