@@ -44,13 +44,15 @@ def _free_port() -> int:
 def start_server(home: Path, *extra) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = os.environ | {"TUNERY_HOME": str(home)}
+    log = open(home.parent / f"server-{port}.log", "w+")  # a file: a pipe nobody reads fills and blocks the server
     proc = subprocess.Popen([TUNERY, "serve", "--port", str(port), *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read())
+            log.seek(0)
+            raise RuntimeError(log.read())
         try:
             http("GET", url + "/v1/models")
             return proc, url

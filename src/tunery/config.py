@@ -25,6 +25,15 @@ class DataConfig(BaseModel):
     max_length: int = Field(2048, ge=8, description="Longest example in tokens")
     overlong: Literal["drop", "truncate", "error"] = Field(
         "drop", description="What happens to examples longer than max_length")
+    retrieval: str | None = Field(
+        None, description="A retrieval index (registered name or folder): each example's last user message retrieves "
+        "its top chunks into the prompt, in the one layout training, eval and serving share")
+    retrieval_k: int = Field(3, ge=1, le=20, description="Chunks retrieved per example")
+    retrieval_distractors: float = Field(
+        0.2, ge=0, lt=1, description="Fraction of training examples given only chunks that lack their answer (RAFT), "
+        "so the model learns not to trust bad context")
+    retrieval_unknown: str | None = Field(
+        None, description="The answer a distractor example teaches (e.g. \"I don't know.\"); default: its own answer")
 
 
 def suggest_epochs(n_examples: int) -> int:

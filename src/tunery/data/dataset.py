@@ -64,7 +64,10 @@ class Scan:
 
 
 def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong: str = "drop",
-              fmt: str = "auto", keep: bool = False) -> Scan:
+              fmt: str = "auto", keep: bool = False, ground=None) -> Scan:
+    """Read, check and encode every example of a file. `ground`, when given, rewrites each
+    conversation before it is rendered (retrieval puts its context into the prompt):
+    `ground(conv) -> (conv, (code, message) warning or None)`."""
     path = Path(path)
     if overlong not in OVERLONG_POLICIES:
         raise DataError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got {overlong!r}")
@@ -90,6 +93,10 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
             scan.warnings.append(Issue(line, "duplicate", f"exact duplicate of line {seen[key]}"))
         else:
             seen[key] = line
+        if ground is not None:
+            conv, warning = ground(conv)
+            if warning:
+                scan.warnings.append(Issue(line, *warning))
         if convs and (len(convs) >= CHUNK or chars + len(canonical) > CHUNK_CHARS):
             encode()
             chars = 0

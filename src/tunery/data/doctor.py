@@ -19,7 +19,7 @@ def make_renderer(tokenizer, cfg: DataConfig) -> Renderer:
     return Renderer(tokenizer, load_template(tokenizer, cfg.template), cfg.mask)
 
 
-def check_dataset(path: str | Path, cfg: DataConfig | None = None, tokenizer=None, **overrides) -> dict:
+def check_dataset(path: str | Path, cfg: DataConfig | None = None, tokenizer=None, ground=None, **overrides) -> dict:
     """Check a dataset file against a model's template; return the report as a plain dict.
 
     The report's shape is the `tunery data check --json` output:
@@ -31,8 +31,11 @@ def check_dataset(path: str | Path, cfg: DataConfig | None = None, tokenizer=Non
 
         tokenizer = load_tokenizer(cfg.model)
     scan = scan_file(path, make_renderer(tokenizer, cfg), max_length=cfg.max_length,
-                     overlong=cfg.overlong, fmt=cfg.format)
-    return report_from_scan(scan, cfg)
+                     overlong=cfg.overlong, fmt=cfg.format, ground=ground)
+    report = report_from_scan(scan, cfg)
+    if ground is not None:  # retrieval: how often the context holds the answer, before any compute
+        report["retrieval"] = ground.summary()
+    return report
 
 
 def report_from_scan(scan: Scan, cfg: DataConfig) -> dict:

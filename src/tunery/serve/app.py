@@ -145,14 +145,22 @@ async def _reply(send, status: int, message: str, code=None, param=None) -> None
 
 
 async def _until_done_or_gone(request: Request, futures: list, reqs: list[ChatRequest]):
-    """The generations, or (when the client disconnects first) the requests cancelled."""
+    """The generations, or (when the client disconnects first, or the server shuts down) the
+    requests cancelled."""
+    from .engine import Cancelled
+
     pending = set(futures)
-    while pending:
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-        if pending and await request.is_disconnected():
-            for req in reqs:
-                req.cancel()
-            break
+    try:
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            if pending and await request.is_disconnected():
+                break
+    except asyncio.CancelledError:  # shutdown's grace period is over: a 503, not a traceback
+        pending = True
+    if pending:
+        for req in reqs:
+            req.cancel()
+        raise Cancelled("the request was cancelled (the client went away, or the server is shutting down)")
     return [f.result() for f in futures]
 
 
