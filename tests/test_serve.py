@@ -294,3 +294,9 @@ def test_a_dead_jobs_worker_is_restarted(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+    # Killed while its new worker may still be starting: the worker must not outlive it.
+    deadline = time.time() + 20
+    while time.time() < deadline and any(psutil.pid_exists(k.pid) and psutil.Process(k.pid).status() !=
+                                         psutil.STATUS_ZOMBIE for k in kids):
+        time.sleep(0.2)
+    assert not [k for k in kids if psutil.pid_exists(k.pid) and psutil.Process(k.pid).status() != psutil.STATUS_ZOMBIE]

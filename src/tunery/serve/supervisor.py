@@ -6,6 +6,7 @@ resumes from its last checkpoint, a job whose files were being validated is vali
 job that has taken down the worker MAX_ATTEMPTS times fails with that reason instead of looping.
 """
 
+import os
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ STABLE_S = 60  # a worker that ran this long resets the backoff
 
 class WorkerSupervisor:
     def __init__(self, command: list[str] | None = None, poll_s: float = 0.5):
-        self.command = command or [sys.executable, "-m", "tunery.serve.worker"]
+        self.command = command or [sys.executable, "-m", "tunery.serve.worker", str(os.getpid())]
         self.poll_s = poll_s
         self.proc: subprocess.Popen | None = None
         self.restarts = 0

@@ -7,7 +7,7 @@ is taken up again: training resumes from its last checkpoint. Every status chang
 registry.jobs.transition, so a cancel that lands while a file is being validated or a step is
 running is final. What a job's error says names its files by id and never a server path.
 
-    python -m tunery.serve.worker      # normally started by `tunery serve`
+    python -m tunery.serve.worker [SERVER_PID]      # normally started by `tunery serve`
 """
 
 import ctypes
@@ -30,9 +30,13 @@ POLL_S = 0.3
 MAX_ATTEMPTS = 3  # workers a job may take down (killed, out of memory) before it fails
 
 
-def main() -> None:
-    parent = os.getppid()
+def main(parent: int | None = None) -> None:
+    """`parent`: the server's pid (passed by the supervisor), so a worker whose server died while
+    it was still starting exits too instead of outliving it."""
+    parent = parent or os.getppid()
     _die_with_parent()
+    if os.getppid() != parent:  # the server is already gone (PR_SET_PDEATHSIG came too late)
+        os._exit(0)
     while True:
         if os.getppid() != parent:
             os._exit(0)
@@ -197,4 +201,4 @@ def run(job: dict, parent: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else None)
