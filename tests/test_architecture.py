@@ -16,11 +16,12 @@ FLOORS = [
     ["registry"],  # storage: SQLite, content hashes, the jobs table
     ["models"],  # resolving references (ft: names through the registry), loading
     ["data"],  # formats, templates, masks, the data doctor
+    ["retrieval"],  # document indexes: chunks, BM25 and embeddings, registered by name
     ["metrics", "generation"],
     ["training"],
     ["evaluate"],
     ["workflows", "serve", "export"],
-    ["cli_registry"],
+    ["cli_registry", "cli_index"],
     ["cli"],
 ]
 FLOOR_OF = {unit: i for i, units in enumerate(FLOORS) for unit in units}

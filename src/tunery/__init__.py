@@ -9,6 +9,8 @@ Python API (the CLI calls the same functions):
     tunery.resolve_model(ref)                     -> where a model reference points
     tunery.retrain(name, base)                    -> a registered model's recipe re-run on a new base
     tunery.reeval(name, base=None)                -> its recorded evaluation re-run
+    tunery.build_index(["docs/"], "my-index")      -> a retrieval index built or updated (report dict)
+    tunery.Index.open("my-index").search("query")  -> the best matching chunks (Hit)
 
 Names load on first use, so `import tunery` (and `tunery --help`) stays instant.
 """
@@ -21,6 +23,7 @@ _EXPORTS = {
     "DataConfig": "config", "TrainConfig": "config", "TuneryError": "errors", "check_dataset": "data",
     "Generator": "generation", "generate": "generation", "merge_run": "export", "resolve_model": "models",
     "Run": "training", "train": "training", "retrain": "workflows", "reeval": "workflows",
+    "build_index": "retrieval", "Index": "retrieval",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

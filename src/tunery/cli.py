@@ -264,6 +264,15 @@ def _register_registry() -> None:
 _register_registry()
 
 
+def _register_index() -> None:
+    from . import cli_index
+
+    app.add_typer(cli_index.index_app, name="index")
+
+
+_register_index()
+
+
 def _register_serve() -> None:
     from .serve.command import register
 

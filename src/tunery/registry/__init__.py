@@ -6,6 +6,7 @@ imports nothing above itself; re-running a recipe lives upstairs, in tunery.work
     hashing.py    content hashes of base weights and of tokenizer + chat template, cached
     store.py      recording runs and evaluations, lookups, lineage, removal
     jobs.py       the server's uploaded files, fine-tuning jobs and their events
+    indexes.py    retrieval indexes registered by name (the index itself is its own folder)
     recorder.py   the training loop's and `tunery eval`'s hooks
     diff.py       what differs between two models
     report.py     the registry commands' terminal output

@@ -134,7 +134,22 @@ def _m005_job_attempts(c: sqlite3.Connection) -> None:
     c.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS = [_m001_models, _m002_evals, _m003_hash_cache, _m004_files_jobs, _m005_job_attempts]
+def _m006_indexes(c: sqlite3.Connection) -> None:
+    # Retrieval indexes built by `tunery index build`, by name; the index itself is its folder.
+    c.execute("""
+        CREATE TABLE indexes (
+            name TEXT PRIMARY KEY,
+            path TEXT NOT NULL,               -- the index folder, resolved
+            fingerprint TEXT NOT NULL,        -- sha256 over its (source, sha256) pairs and embedder
+            documents INTEGER NOT NULL,
+            chunks INTEGER NOT NULL,
+            embedder TEXT NOT NULL,
+            created TEXT NOT NULL             -- when the name was first registered
+        )""")
+    c.execute("CREATE INDEX indexes_path ON indexes(path)")
+
+
+MIGRATIONS = [_m001_models, _m002_evals, _m003_hash_cache, _m004_files_jobs, _m005_job_attempts, _m006_indexes]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,20 @@
+"""Retrieval indexes: documents cut into chunks, searchable by BM25, by embedding, or both fused.
+
+    build_index(sources, out, ...)  -> report     build.py: incremental and atomic, registered by name
+    Index.open(path or name)        -> Index      index.py: search, info, documents, fingerprint
+    Index.search(query, k, mode)    -> [Hit]
+
+    documents.py  finding files, reading .md .txt .html .pdf .jsonl as text
+    chunking.py   structure-aware chunks within a token budget, with overlap
+    embedders.py  the embedding model interface; wordllama, offline, by default
+    store.py      the storage interface; SQLite (FTS5 + metadata) with numpy vectors, one folder
+
+This floor sits right above data/ and imports only the floors up to the registry (errors, files,
+home, run_folder, config, registry), so training, evaluation and serving can all use it. The
+embedding model loads when a build has something to embed or a search needs a query embedded.
+"""
+
+from .build import build_index
+from .index import Hit, Index
+
+__all__ = ["Hit", "Index", "build_index"]
