@@ -47,6 +47,9 @@ def data_check(
     format: str = typer.Option("auto", "--format", help="auto | chat | completion | alpaca | sharegpt | text"),
     template: Optional[str] = typer.Option(None, "--template", help="A Jinja chat template file"),
     show: Optional[int] = typer.Option(None, "--show", help="Print example K with its trained tokens marked (in --json: its trained spans as text)"),
+    retrieval: Optional[str] = typer.Option(None, "--retrieval", help="An index: ground each example as training "
+                                            "would, and report how often the context holds the answer"),
+    retrieval_k: int = typer.Option(3, "--retrieval-k", min=1, max=20),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ):
     """Report every problem in a dataset file and what training would see."""
@@ -55,9 +58,14 @@ def data_check(
     from .models import load_tokenizer
 
     cfg = validated(DataConfig, model=model, max_length=max_length, overlong=overlong, mask=mask,
-                     format=format, template=template)
+                    format=format, template=template, retrieval=retrieval, retrieval_k=retrieval_k)
+    ground = None
+    if cfg.retrieval:
+        from .retrieval import grounding_for
+
+        ground = grounding_for(cfg, distractors=False)  # the hit rate of real retrieval
     tokenizer = load_tokenizer(cfg.model)
-    report = check_dataset(file, cfg, tokenizer=tokenizer)
+    report = check_dataset(file, cfg, tokenizer=tokenizer, ground=ground)
     example = render_example(file, show, cfg, tokenizer=tokenizer) if show is not None else None
     if as_json:
         if example:
@@ -123,6 +131,8 @@ def _metric_options(schema: Optional[Path], regex: Optional[str]) -> dict:
     return options
 
 
+_RETRIEVAL = typer.Option(None, "--retrieval", help="An index: each question's retrieved context goes into its prompt")
+_RETRIEVAL_K = typer.Option(3, "--retrieval-k", min=1, max=20, help="Chunks retrieved per question")
 _METRICS_HELP = "Comma-separated: exact, json_valid, json_exact, json_schema, regex, contains, rougeL, chrf, module:function"
 
 
@@ -136,6 +146,8 @@ def eval_(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples"),
+    retrieval: Optional[str] = _RETRIEVAL,
+    retrieval_k: int = _RETRIEVAL_K,
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Loss, perplexity and generation metrics of one model on a dataset."""
@@ -148,7 +160,7 @@ def eval_(
     options = _metric_options(schema, regex)
     registered = recorder.registered_id(model)  # a registered fine-tune keeps its results
     result = evaluate_model(model, data, names, options=options, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, limit=limit)
+                            batch_size=batch_size, limit=limit, retrieval=retrieval, retrieval_k=retrieval_k)
     recorder.record_eval(registered, "eval", data, result, _eval_params(names, options, max_new_tokens, limit))
     if as_json:
         print(json.dumps(result))
@@ -180,6 +192,9 @@ def compare(
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where report.json and report.html go (default: RUN/report)"),
+    retrieval: Optional[str] = typer.Option(None, "--retrieval", help="An index: adds base_rag and tuned_rag (the "
+                                            "base and the fine-tune with each question's retrieved context)"),
+    retrieval_k: int = _RETRIEVAL_K,
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Base vs prompt-only baseline vs fine-tune: quality, prompt tokens and latency."""
@@ -196,7 +211,8 @@ def compare(
     registered = recorder.registered_id(tuned)
     result = run_compare(base, tuned, data, metrics=names, few_shot=few_shot, system=system,
                          train_data=str(train_data) if train_data else None, options=options,
-                         max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, retrieval=retrieval,
+                         retrieval_k=retrieval_k)
     recorder.record_eval(registered, "compare", data, result["contestants"]["tuned"],
                          _eval_params(names, options, max_new_tokens, limit))
     run = resolve_model(tuned).run

@@ -57,6 +57,7 @@ class DataRecord(_Record):
     warnings: list[str] | None = None  # whole-file warnings (the template against the tokenizer)
     split: float | None = None  # the fraction held out, for a split
     lines: list[int] | None = None  # the held-out lines of the training file, for a split
+    retrieval: dict | None = None  # grounded by an index: its path, fingerprint, documents' sha256, layout, k, hit rate
 
     @classmethod
     def of_file(cls, path: str, examples: int, used: int, **extra) -> "DataRecord":

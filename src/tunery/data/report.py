@@ -20,6 +20,10 @@ def print_report(report: dict, console) -> None:
             console.print(f"  {b['lo']:>6}-{b['hi']:<6} {bar} {b['count']}")
     console.print(f"trainable tokens {s['trainable_tokens']:,}  tokens per epoch {s['tokens_per_epoch']:,}  "
                   f"suggested epochs {s['suggested_epochs']}")
+    if r := report.get("retrieval"):
+        rate = "-" if r["hit_rate"] is None else f"{r['hit_rate']:.0%}"
+        console.print(f"retrieval: the top {r['k']} chunks hold the answer for {rate} of {r['checked']} examples "
+                      f"(retrieval_miss warnings name the others)")
     for kind, style in (("errors", "red"), ("warnings", "yellow")):
         issues = report[kind]
         if not issues:

@@ -1,7 +1,9 @@
 """Base vs prompt-only baseline vs fine-tune, on the same held-out examples.
 
 The prompt-only baseline is what a user would try first: the base model with a system prompt
-and K few-shot examples from the training data. The fine-tune gets the plain prompt.
+and K few-shot examples from the training data. The fine-tune gets the plain prompt. With an
+index, two more: `base_rag` (the base with the system prompt and each question's retrieved
+context) and `tuned_rag` (the fine-tune with the same context), in the layout training uses.
 """
 
 from pathlib import Path
@@ -12,14 +14,15 @@ from ..generation import Generator
 from ..metrics import worse_by
 from ..models import resolve_model
 from ..run_folder import RunFolder
-from .evaluator import dataset_loss, evaluate, few_shot_messages, load_cases
+from .evaluator import dataset_loss, evaluate, few_shot_messages, load_cases, retrieve
 
 
 def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_shot: int = 3,
             system: str | None = None, train_data: str | None = None, options: dict | None = None,
             max_new_tokens: int = 256, batch_size: int = 16, limit: int | None = None, seed: int = 0,
-            data_config: DataConfig | None = None) -> dict:
+            data_config: DataConfig | None = None, retrieval: str | None = None, retrieval_k: int = 3) -> dict:
     cases = load_cases(data, limit=limit)
+    found = retrieve(cases, retrieval, retrieval_k) if retrieval else None
     tuned_ref = resolve_model(tuned)
     if train_data is None and tuned_ref.run is not None:
         train_data = RunFolder(tuned_ref.run).read_info().data.file
@@ -35,9 +38,13 @@ def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_
         "base": evaluate(base_gen, cases, loss=base_loss, **kw),
         "prompt_only": evaluate(base_gen, cases, system=system, shots=shots, **kw),
     }
+    if found:
+        contestants["base_rag"] = evaluate(base_gen, cases, system=system, retrieved=found["hits"], **kw)
     del base_gen
     tuned_gen = Generator(tuned)
     contestants["tuned"] = evaluate(tuned_gen, cases, loss=dataset_loss(tuned_gen, data, cfg), **kw)
+    if found:
+        contestants["tuned_rag"] = evaluate(tuned_gen, cases, retrieved=found["hits"], **kw)
     training = None
     if tuned_ref.run is not None:
         final = RunFolder(tuned_ref.run).read_info().final
@@ -46,6 +53,7 @@ def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_
         "data": str(data), "base": base, "tuned": tuned, "few_shot": few_shot, "system": system,
         "examples": len(cases), "contestants": contestants, "summary": summarise(contestants, metrics),
         "verdict": verdict(contestants, metrics[0], training),
+        **({"retrieval": {k: v for k, v in found.items() if k != "hits"}} if found else {}),
     }
 
 

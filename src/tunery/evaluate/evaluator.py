@@ -61,15 +61,16 @@ def with_prompting(prompt: list[dict], system: str | None, shots: list[dict]) ->
     return ([{"role": "system", "content": system}] if system else []) + shots + body
 
 
-def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int = 8) -> float | None:
-    """Mean cross-entropy per trained token, computed exactly as training computes it."""
+def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int = 8, ground=None) -> float | None:
+    """Mean cross-entropy per trained token, computed exactly as training computes it (grounded
+    the same way when `ground` is given)."""
     import torch
 
     from ..training.batches import collate
     from ..training.loss import TokenLoss
 
     scan = scan_file(path, make_renderer(generator.tokenizer, cfg), max_length=cfg.max_length,
-                     overlong="truncate", fmt=cfg.format, keep=True)
+                     overlong="truncate", fmt=cfg.format, keep=True, ground=ground)
     if not scan.kept:
         return None
     loss_fn = TokenLoss(generator.model)
@@ -84,13 +85,31 @@ def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int =
     return total / max(count, 1)
 
 
+def retrieve(cases: list[Case], index_ref: str, k: int) -> dict:
+    """Each case's context from an index (its last user message is the query): {"hits": [[Hit]],
+    "index", "k", "answer_in_context"} (the share of cases whose reference appears in a chunk)."""
+    from ..retrieval import Index, query_of
+    from ..retrieval.grounding import holds_answer
+
+    index = Index.open(index_ref)
+    hits = [index.search(query_of(c.prompt), k=k) for c in cases]
+    found = sum(any(holds_answer(h.text, c.reference) for h in hs) for c, hs in zip(cases, hits))
+    return {"hits": hits, "index": str(index.info()["path"]), "k": k, "answer_in_context": found / max(len(cases), 1)}
+
+
 def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | None = None,
              shots: list[dict] | None = None, options: dict | None = None, max_new_tokens: int = 256,
-             batch_size: int = 16, loss: float | None = None) -> dict:
-    """Score one contestant. Returns {"metrics": {name: mean}, "examples": [...], per-request costs}."""
+             batch_size: int = 16, loss: float | None = None, retrieved: list | None = None) -> dict:
+    """Score one contestant. Returns {"metrics": {name: mean}, "examples": [...], per-request costs}.
+    `retrieved` (one list of hits per case) puts each case's context into its question, in the
+    layout training with retrieval uses."""
     fns = resolve_metrics(metrics)
     options = dict(options or {})
     prompts = [with_prompting(c.prompt, system, shots or []) for c in cases]
+    if retrieved is not None:
+        from ..retrieval import with_context
+
+        prompts = [with_context(p, hits) for p, hits in zip(prompts, retrieved)]
     t0 = time.perf_counter()
     outputs = generator.chat(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     seconds = time.perf_counter() - t0
@@ -118,7 +137,8 @@ def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | 
 
 def evaluate_model(model, data: str | Path, metrics: list[str], *, options: dict | None = None,
                    max_new_tokens: int = 256, batch_size: int = 16, limit: int | None = None,
-                   data_config: DataConfig | None = None, generator=None) -> dict:
+                   data_config: DataConfig | None = None, generator=None, retrieval: str | None = None,
+                   retrieval_k: int = 3) -> dict:
     """`tunery eval`: load the model (a reference or a ResolvedModel), then loss and generation
     metrics on a file. Returns {"model", "data", "metrics", "examples", per-request costs}."""
     from ..generation import Generator
@@ -127,6 +147,17 @@ def evaluate_model(model, data: str | Path, metrics: list[str], *, options: dict
     cases = load_cases(data, limit=limit)
     gen = generator or Generator(model)
     name = getattr(model, "reference", model)
-    loss = dataset_loss(gen, data, data_config or DataConfig(model=str(name)))
-    return {"model": str(name), "data": str(data)} | evaluate(
-        gen, cases, metrics, options=options, max_new_tokens=max_new_tokens, batch_size=batch_size, loss=loss)
+    cfg = data_config or DataConfig(model=str(name))
+    ground = found = None
+    if retrieval:
+        from ..retrieval import grounding_for
+
+        cfg = cfg.model_copy(update={"retrieval": retrieval, "retrieval_k": retrieval_k})
+        ground, found = grounding_for(cfg, distractors=False), retrieve(cases, retrieval, retrieval_k)
+    loss = dataset_loss(gen, data, cfg, ground=ground)
+    result = {"model": str(name), "data": str(data)} | evaluate(
+        gen, cases, metrics, options=options, max_new_tokens=max_new_tokens, batch_size=batch_size, loss=loss,
+        retrieved=found["hits"] if found else None)
+    if found:
+        result["retrieval"] = {k: v for k, v in found.items() if k != "hits"}
+    return result

@@ -8,6 +8,8 @@
     chunking.py   structure-aware chunks within a token budget, with overlap
     embedders.py  the embedding model interface; wordllama, offline, by default
     store.py      the storage interface; SQLite (FTS5 + metadata) with numpy vectors, one folder
+    layout.py     the one prompt layout of retrieved context (training, eval and serving share it)
+    grounding.py  retrieval applied to examples: context, RAFT distractors, the hit rate
 
 This floor sits right above data/ and imports only the floors up to the registry (errors, files,
 home, run_folder, config, registry), so training, evaluation and serving can all use it. The
@@ -15,6 +17,8 @@ embedding model loads when a build has something to embed or a search needs a qu
 """
 
 from .build import build_index
+from .grounding import Grounding, grounding_for
 from .index import Hit, Index
+from .layout import LAYOUT, query_of, with_context
 
-__all__ = ["Hit", "Index", "build_index"]
+__all__ = ["LAYOUT", "Grounding", "Hit", "Index", "build_index", "grounding_for", "query_of", "with_context"]

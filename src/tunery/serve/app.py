@@ -16,12 +16,12 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from ..errors import ModelNotFound, TuneryError
+from ..errors import ModelNotFound, TuneryError, validated
 from ..generation import IncrementalText
 from . import errors
 from .catalog import Catalog
 from .engine import ChatRequest, Engine
-from .schemas import ChatCompletionRequest
+from .schemas import ChatCompletionRequest, TuneryChatOptions
 from .supervisor import WorkerSupervisor
 
 DEFAULT_MAX_TOKENS = 256
@@ -71,11 +71,17 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         eng = app.state.engine
-        await asyncio.to_thread(_resolve, eng, body.model)
+        resolved = await asyncio.to_thread(_resolve, eng, body.model)
+        messages = [_message(m) for m in body.messages]
+        extra = _tunery_options(body)
+        citations = None
+        grounding = await asyncio.to_thread(_grounding, resolved, extra.retrieval)
+        if grounding is not None:  # the retrieved context goes into the question, as in training
+            messages, citations = await asyncio.to_thread(_ground, messages, *grounding)
         # n choices are n requests: the engine batches those that share their settings; a seed
         # gives choice i the seed + i, so the choices differ and each is reproducible.
         reqs = [ChatRequest(
-            model=body.model, messages=[_message(m) for m in body.messages],
+            model=body.model, messages=messages,
             max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
             temperature=body.temperature, top_p=body.top_p, seed=None if body.seed is None else body.seed + i,
             stop=[body.stop] if isinstance(body.stop, str) else body.stop) for i in range(body.n)]
@@ -93,16 +99,63 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
             raise
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(eng, reqs, cid, created, usage), media_type="text/event-stream")
+            return StreamingResponse(_stream(eng, reqs, cid, created, usage, citations),
+                                     media_type="text/event-stream")
         gens = await _until_done_or_gone(request, futures, reqs)
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": body.model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": gen.text},
                          "finish_reason": gen.finish_reason, "logprobs": None} for i, gen in enumerate(gens)],
             "usage": _usage(gens[0].prompt_tokens, sum(g.completion_tokens for g in gens)),
+            **({"tunery": {"citations": citations}} if citations is not None else {}),
         }
 
     return app
+
+
+def _tunery_options(body: ChatCompletionRequest) -> TuneryChatOptions:
+    """The request's `tunery` extension, checked; its errors name the field under `tunery.`."""
+    from ..errors import ConfigError
+
+    given = (body.model_extra or {}).get("tunery") or {}
+    if not isinstance(given, dict):
+        raise ConfigError("tunery: must be an object", "tunery")
+    try:
+        return validated(TuneryChatOptions, **given)
+    except ConfigError as exc:
+        raise ConfigError(f"tunery.{exc}", f"tunery.{exc.field}") from None
+
+
+def _grounding(resolved, asked) -> tuple | None:
+    """(index, k) to ground a request with: the one asked for (a registered index, by name), else
+    the one a fine-tune was trained with (recorded in its run), else None."""
+    if asked is not None:  # by registered name only: a request never names a server path
+        from ..errors import NotFound
+        from ..registry import indexes
+        from ..registry.db import connect
+        from ..retrieval import Index
+
+        with connect(create=False) as conn:
+            row = indexes.get(conn, asked.index) if conn is not None else None
+        if row is None:
+            raise NotFound(f"no index named {asked.index!r} (`tunery index list`)", "tunery.retrieval.index")
+        return Index.open(row["path"]), asked.k
+    if resolved.run is not None:
+        from ..run_folder import RunFolder
+
+        recorded = RunFolder(resolved.run).read_info().data.retrieval
+        if recorded:
+            from ..retrieval import Index
+
+            return Index.open(recorded["index"]), recorded["k"]
+    return None
+
+
+def _ground(messages: list[dict], index, k: int) -> tuple[list[dict], list[dict]]:
+    from ..retrieval import query_of, with_context
+
+    hits = index.search(query_of(messages), k=k)
+    return with_context(messages, hits), [{"id": h.id, "source": h.source, "score": h.score} for h in hits]
 
 
 class Guard:
@@ -191,26 +244,29 @@ def _model_card(model_id: str) -> dict:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "tunery"}
 
 
-async def _stream(engine: Engine, reqs: list[ChatRequest], cid: str, created: int, include_usage: bool):
+async def _stream(engine: Engine, reqs: list[ChatRequest], cid: str, created: int, include_usage: bool,
+                  citations: list | None = None):
     """Server-sent events in the chat.completion.chunk shape: each choice's text deltas, decoded
-    incrementally, tagged with its index as they come. A client that goes away cancels them."""
+    incrementally, tagged with its index as they come (the first chunk carries the citations of
+    a grounded request). A client that goes away cancels them."""
     try:
-        async for event in _events(engine, reqs, cid, created, include_usage):
+        async for event in _events(engine, reqs, cid, created, include_usage, citations):
             yield event
     finally:  # normal end: a no-op; a disconnect (the generator closed): generation stops
         for req in reqs:
             req.cancel()
 
 
-async def _events(engine: Engine, reqs: list[ChatRequest], cid: str, created: int, include_usage: bool):
+async def _events(engine: Engine, reqs: list[ChatRequest], cid: str, created: int, include_usage: bool,
+                  citations: list | None):
     model = reqs[0].model
 
-    def chunk(index: int, delta: dict, finish=None, usage=None) -> str:
+    def chunk(index: int, delta: dict, finish=None, usage=None, extra=None) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
         if usage is not None:
             body["choices"], body["usage"] = [], usage
-        return f"data: {json.dumps(body)}\n\n"
+        return f"data: {json.dumps(body | (extra or {}))}\n\n"
 
     events: asyncio.Queue = asyncio.Queue()
 
@@ -226,7 +282,8 @@ async def _events(engine: Engine, reqs: list[ChatRequest], cid: str, created: in
     sent = [""] * len(reqs)
     hold = max((len(s) for s in reqs[0].stop or []), default=0)  # text that could still become a stop string
     for i in range(len(reqs)):
-        yield chunk(i, {"role": "assistant", "content": ""})
+        yield chunk(i, {"role": "assistant", "content": ""},
+                    extra={"tunery": {"citations": citations}} if citations is not None and i == 0 else None)
     prompt_tokens = completion_tokens = 0
     open_choices = len(reqs)
     while open_choices:

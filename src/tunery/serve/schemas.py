@@ -32,3 +32,16 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+
+class RetrievalOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    index: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a registered index's name, never a path
+    k: int = Field(3, ge=1, le=20)
+
+
+class TuneryChatOptions(BaseModel):
+    """`extra_body={"tunery": {...}}` on a chat completion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    retrieval: RetrievalOptions | None = None

@@ -316,22 +316,28 @@ def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, DataRecord, Data
     from ..data.doctor import make_renderer
 
     renderer = make_renderer(tokenizer, cfg)
+    ground = val_ground = None
+    if cfg.retrieval:  # each example's question retrieves its context, in the one layout
+        from ..retrieval import grounding_for
 
-    def scan(path):
-        s = scan_file(path, renderer, max_length=cfg.max_length, overlong=cfg.overlong, fmt=cfg.format, keep=True)
+        ground, val_ground = grounding_for(cfg), grounding_for(cfg, distractors=False)
+
+    def scan(path, ground=None):
+        s = scan_file(path, renderer, max_length=cfg.max_length, overlong=cfg.overlong, fmt=cfg.format, keep=True,
+                      ground=ground)
         s.raise_if_errors()
         if not s.kept:
             raise TuneryError(f"{path}: no usable examples (all dropped as longer than max_length {cfg.max_length})")
         return s
 
-    train_scan = scan(cfg.data)
+    train_scan = scan(cfg.data, ground)
     train_set, val_set, val = train_scan.kept, [], None
     # Whole-file warnings (the template's end-of-turn marker against the tokenizer) travel with the run.
     notes = [f"{w.code}: {w.message}" for w in train_scan.warnings if w.line == 0]
     data = DataRecord.of_file(cfg.data, train_scan.examples, len(train_scan.kept), format=train_scan.format,
-                              warnings=notes or None)
+                              warnings=notes or None, retrieval=ground.record() if ground else None)
     if cfg.val_data:
-        val_scan = scan(cfg.val_data)
+        val_scan = scan(cfg.val_data, val_ground)
         val_set = val_scan.kept
         val = DataRecord.of_file(cfg.val_data, val_scan.examples, len(val_set))
     elif cfg.val_split > 0:
