@@ -455,3 +455,22 @@ def test_index_commands(corpus, tmp_path):
 
 def test_hit_shape():
     assert Hit("a-0", "s", 1.0, "t", 0).to_dict() == {"id": "a-0", "source": "s", "score": 1.0, "text": "t", "position": 0}
+
+
+def test_chunk_invariants_hold_on_random_documents():
+    import random
+
+    rng = random.Random(0)
+    vocab = "alpha beta. gamma, delta! café 中文 ``` # ## x\t".split() + ["y" * 40, "", "\t"]
+    for _ in range(40):
+        lines = [" ".join(rng.choices(vocab, k=rng.randint(0, 40))) for _ in range(rng.randint(0, 30))]
+        doc = "\n".join(("#" * rng.randint(1, 3) + " " + line) if rng.random() < 0.2 else line for line in lines)
+        budget = rng.choice([16, 40])
+        chunks = chunk_text(doc, words, budget, rng.randint(0, budget // 2), markdown=rng.random() < 0.8)
+        covered = set()
+        for a, b in zip(chunks, chunks[1:]):
+            assert a.start < b.start
+        for c in chunks:
+            assert len(words(c.text)) <= budget and c.text.endswith(doc[c.start:c.end]) and c.end > c.start
+            covered.update(range(c.start, c.end))
+        assert all(ch.isspace() or i in covered for i, ch in enumerate(doc))
