@@ -259,8 +259,10 @@ def test_rebuild_embeds_only_changed_documents_and_drops_removed_ones(built, cor
     assert fp_before == fingerprint(docs_before, "wordllama")
 
     counting = Counting(monkeypatch)
+    written = (path / "index.sqlite").stat().st_ino
     same = build_index([corpus], path, chunk_tokens=64, overlap=8)
     assert (same["unchanged"], same["embedded"], same["fingerprint"]) == (5, 0, fp_before) and not counting.texts
+    assert (path / "index.sqlite").stat().st_ino == written  # nothing changed: nothing written
 
     (corpus / "rust.md").write_text("# Rust\n\nRust has zero-cost abstractions and fearless concurrency.\n")
     (corpus / "cats.md").unlink()
@@ -277,6 +279,12 @@ def test_rebuild_embeds_only_changed_documents_and_drops_removed_ones(built, cor
     assert Path(ix2.search("honey nectar", k=1)[0].source).name == "new.md"
     assert ix2.search("photosynthesis", k=1, mode="bm25")[0].id == kept_id  # an unchanged document keeps its ids
     assert ix2.fingerprint != fp_before and ix.search("kittens", k=1, mode="bm25")  # an open handle still reads the old
+
+
+def test_an_index_inside_its_sources_is_not_indexed(corpus):
+    for _ in range(2):
+        report = build_index([corpus], corpus / "kb")
+        assert (report["documents"], report["skipped"]) == (5, 0)
 
 
 def test_changing_the_chunking_rechunks_everything(built, corpus):

@@ -12,13 +12,15 @@ Invariants, for every chunk of `chunk_text(text, ...)`:
   (`# Cats` above `## Kittens`, one a line) and, when the span does not begin with it, by the
   section's own heading and a blank line: a heading is kept with every chunk of its section, and
   the first chunk of a section begins at the heading itself;
-- a chunk after the first of its section begins (`start`) up to `overlap` tokens before the end
-  of the previous one, at a word start; overlap never crosses a heading;
+- a chunk after the first of its section begins (`start`) up to `overlap` tokens (of the whole
+  text's tokenisation) before the end of the previous one, at a word start, and after the
+  previous one's start; overlap never crosses a heading;
 - `line` is the 1-based line of `start`; chunks come in text order and together cover every
   non-blank character of `text`.
 
 `tokens` is the embedder's tokenizer as a function from a text to its tokens' character spans
-(see embedders.py: wordllama's own, or a word-and-punctuation estimate).
+(see embedders.py: wordllama's own, or a word-and-punctuation estimate). The whole text is
+tokenised once to estimate any span's count; each chunk's final text is counted exactly.
 """
 
 import re
@@ -31,7 +33,7 @@ Tokens = Callable[[str], list[tuple[int, int]]]
 _HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
 _FENCE = re.compile(r" {0,3}(```|~~~)")
 _SENTENCE_END = re.compile(r"[.!?;:](?=\s)|\n")
-_SLACK = 4  # tokens by which a sum of paragraph counts may miss the count of the paragraphs joined
+_SLACK = 4  # tokens by which the estimate of a span (from the whole text's tokens) may miss its exact count
 
 
 @dataclass
