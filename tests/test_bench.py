@@ -32,3 +32,9 @@ def test_compare_trl_quick_same_math():
 def test_generation_quick():
     r = _run("generation.py")
     assert r["batched_tokens_per_s"] > 0 and r["sequential_tokens_per_s"] > 0 and r["prompts"] == 32
+
+
+def test_retrieval_quick():
+    r = _run("retrieval.py")
+    assert r["chunks"] > 0 and r["build_chunks_per_s"] > 0 and r["rebuild_one_changed_embedded"] < r["chunks"]
+    assert set(r["query_ms"]) == {"hybrid", "bm25", "dense"} and r["recall_at_5"]["hybrid"] > 0.5

@@ -259,8 +259,10 @@ def test_rebuild_embeds_only_changed_documents_and_drops_removed_ones(built, cor
     assert fp_before == fingerprint(docs_before, "wordllama")
 
     counting = Counting(monkeypatch)
+    written = (path / "index.sqlite").stat().st_ino
     same = build_index([corpus], path, chunk_tokens=64, overlap=8)
     assert (same["unchanged"], same["embedded"], same["fingerprint"]) == (5, 0, fp_before) and not counting.texts
+    assert (path / "index.sqlite").stat().st_ino == written  # nothing changed: nothing written
 
     (corpus / "rust.md").write_text("# Rust\n\nRust has zero-cost abstractions and fearless concurrency.\n")
     (corpus / "cats.md").unlink()
@@ -277,6 +279,12 @@ def test_rebuild_embeds_only_changed_documents_and_drops_removed_ones(built, cor
     assert Path(ix2.search("honey nectar", k=1)[0].source).name == "new.md"
     assert ix2.search("photosynthesis", k=1, mode="bm25")[0].id == kept_id  # an unchanged document keeps its ids
     assert ix2.fingerprint != fp_before and ix.search("kittens", k=1, mode="bm25")  # an open handle still reads the old
+
+
+def test_an_index_inside_its_sources_is_not_indexed(corpus):
+    for _ in range(2):
+        report = build_index([corpus], corpus / "kb")
+        assert (report["documents"], report["skipped"]) == (5, 0)
 
 
 def test_changing_the_chunking_rechunks_everything(built, corpus):
@@ -455,3 +463,22 @@ def test_index_commands(corpus, tmp_path):
 
 def test_hit_shape():
     assert Hit("a-0", "s", 1.0, "t", 0).to_dict() == {"id": "a-0", "source": "s", "score": 1.0, "text": "t", "position": 0}
+
+
+def test_chunk_invariants_hold_on_random_documents():
+    import random
+
+    rng = random.Random(0)
+    vocab = "alpha beta. gamma, delta! café 中文 ``` # ## x\t".split() + ["y" * 40, "", "\t"]
+    for _ in range(40):
+        lines = [" ".join(rng.choices(vocab, k=rng.randint(0, 40))) for _ in range(rng.randint(0, 30))]
+        doc = "\n".join(("#" * rng.randint(1, 3) + " " + line) if rng.random() < 0.2 else line for line in lines)
+        budget = rng.choice([16, 40])
+        chunks = chunk_text(doc, words, budget, rng.randint(0, budget // 2), markdown=rng.random() < 0.8)
+        covered = set()
+        for a, b in zip(chunks, chunks[1:]):
+            assert a.start < b.start
+        for c in chunks:
+            assert len(words(c.text)) <= budget and c.text.endswith(doc[c.start:c.end]) and c.end > c.start
+            covered.update(range(c.start, c.end))
+        assert all(ch.isspace() or i in covered for i, ch in enumerate(doc))

@@ -13,7 +13,7 @@
 
 This floor sits right above data/ and imports only the floors up to the registry (errors, files,
 home, run_folder, config, registry), so training, evaluation and serving can all use it. The
-embedding model loads when a build has something to embed or a search needs a query embedded.
+embedding model loads when a build changes the index or a search embeds a query.
 """
 
 from .build import build_index

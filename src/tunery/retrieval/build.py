@@ -5,7 +5,8 @@ at `out`: new and changed documents are read, chunked (chunking.py) and embedded
 keep their chunks and vectors, copied from the old index; documents no longer among the sources
 are dropped. So the index always holds exactly the given sources, and the embedder runs only on
 what changed. Changing `chunk_tokens` or `overlap` re-chunks every document; another embedder is
-refused (its vectors could not be compared with the old ones): build into a new folder.
+refused (its vectors could not be compared with the old ones): build into a new folder. A build
+that changes nothing writes nothing (it still registers the name).
 
 Invariants:
 - Atomic: every document is read and chunked, and every new chunk embedded, before anything is
@@ -51,7 +52,7 @@ def build_index(sources: list[str | Path], out: str | Path, *, chunk_tokens: int
     old = _old_index(out, embedder)
     _check_name_free(name, out)
 
-    files, skipped = find_files(sources)
+    files, skipped = find_files(sources, exclude=out)
     if not files:
         raise DataError(f"{', '.join(map(str, sources))}: no documents to index (supported: .md, .txt, .html, .pdf, .jsonl)")
     digests = {str(f): file_digest(f) for f in files}
@@ -62,58 +63,59 @@ def build_index(sources: list[str | Path], out: str | Path, *, chunk_tokens: int
     updated = [s for s in digests if s in old_docs and s not in keep]
     removed = [s for s in old_docs if s not in digests]
 
-    # Read and chunk every new or changed document before anything is written.
-    model = get_embedder(embedder) if added or updated else None
-    new_chunks: dict[str, list[dict]] = {s: _chunks(Path(s), digests[s], model, chunk_tokens, overlap)
-                                         for s in [*added, *updated]}
-    texts = [c["text"] for s in new_chunks for c in new_chunks[s]]
-    new_vectors = model.embed(texts) if texts else None
+    counts = {"documents": len(digests), "added": len(added), "updated": len(updated), "removed": len(removed),
+              "unchanged": len(keep), "skipped": skipped}
+    fp = fingerprint(digests, embedder)
+    if old and not (added or updated or removed):  # nothing changed: nothing to write
+        total = old.meta["chunks"]
+        old.close()
+        return _register(t0, name, out, fp, embedder, counts, total, 0)
 
+    # Read and chunk every new or changed document, and embed the chunks, before anything is written.
+    model = get_embedder(embedder)
+    new_chunks = {s: _chunks(Path(s), digests[s], model, chunk_tokens, overlap) for s in [*added, *updated]}
+    texts = [c["text"] for s in new_chunks for c in new_chunks[s]]
+    new_vectors = model.embed(texts)
     kept_chunks = old.chunks(keep) if old else []
     kept_vectors = old.vectors([c["row"] for c in kept_chunks]) if kept_chunks else None
-    meta_old = old.meta if old else {}
+    created = old.meta["created"] if old else now()
     if old:
         old.close()
 
-    # Documents in source order; each document's chunks in position order.
-    by_doc = {s: [] for s in digests}
+    # Documents in source order, each document's chunks in position order; row i holds vector i.
+    by_doc: dict[str, list] = {s: [] for s in digests}
     for row, c in enumerate(kept_chunks):
-        by_doc[c["document"]].append(("old", row, c))
+        by_doc[c["document"]].append((kept_vectors, row, c))
     offset = 0
-    for s, chunks in new_chunks.items():
-        by_doc[s] = [("new", offset + i, c) for i, c in enumerate(chunks)]
-        offset += len(chunks)
-    chunks, picks = [], []
-    for s in digests:
-        for origin, row, c in by_doc[s]:
-            chunks.append({**c, "row": len(chunks)})
-            picks.append((origin, row))
-    dimensions = model.dimensions if model else meta_old["dimensions"]
-    vectors = np.zeros((len(chunks), dimensions), np.float32)
-    for i, (origin, row) in enumerate(picks):
-        vectors[i] = kept_vectors[row] if origin == "old" else new_vectors[row]
+    for s, doc_chunks in new_chunks.items():
+        by_doc[s] = [(new_vectors, offset + i, c) for i, c in enumerate(doc_chunks)]
+        offset += len(doc_chunks)
+    chunks = [{**c, "row": n} for n, (_, _, c) in enumerate(x for s in digests for x in by_doc[s])]
+    vectors = np.zeros((len(chunks), model.dimensions), np.float32)
+    for n, (source, row, _) in enumerate(x for s in digests for x in by_doc[s]):
+        vectors[n] = source[row]
 
     documents = [{"source": s, "sha256": digests[s], "bytes": Path(s).stat().st_size, "chunks": len(by_doc[s])}
                  for s in digests]
-    fp = fingerprint(digests, embedder)
-    stamp = now()
-    meta = {"format": FORMAT, "store": SqliteStore.kind, "embedder": embedder,
-            "embedder_detail": model.detail if model else meta_old["embedder_detail"], "dimensions": dimensions,
-            "chunk_tokens": chunk_tokens, "overlap": overlap, "documents": len(documents), "chunks": len(chunks),
-            "fingerprint": fp, "created": meta_old.get("created", stamp), "updated": stamp, "tunery": __version__}
+    meta = {"format": FORMAT, "store": SqliteStore.kind, "embedder": embedder, "embedder_detail": model.detail,
+            "dimensions": model.dimensions, "chunk_tokens": chunk_tokens, "overlap": overlap,
+            "documents": len(documents), "chunks": len(chunks), "fingerprint": fp, "created": created,
+            "updated": now(), "tunery": __version__}
     with atomic_dir(out) as tmp:
         SqliteStore.create(tmp, meta, documents, chunks, vectors)
+    return _register(t0, name, out, fp, embedder, counts, len(chunks), len(texts))
 
+
+def _register(t0: float, name: str, out: Path, fp: str, embedder: str, counts: dict, chunks: int, embedded: int) -> dict:
     from ..registry.db import connect
     from ..registry.indexes import register
 
     with connect() as conn:
-        register(conn, name, str(out), fp, len(documents), len(chunks), embedder)
+        register(conn, name, str(out), fp, counts["documents"], chunks, embedder)
     seconds = time.perf_counter() - t0
-    return {"documents": len(documents), "added": len(added), "updated": len(updated), "removed": len(removed),
-            "unchanged": len(keep), "chunks": len(chunks), "embedded": len(texts), "skipped": skipped,
-            "seconds": round(seconds, 3), "chunks_per_s": round(len(texts) / seconds, 1) if seconds else 0.0,
-            "path": str(out), "name": name, "fingerprint": fp}
+    return {**counts, "chunks": chunks, "embedded": embedded, "seconds": round(seconds, 3),
+            "chunks_per_s": round(embedded / seconds, 1) if seconds else 0.0, "path": str(out), "name": name,
+            "fingerprint": fp}
 
 
 def _check_options(sources, chunk_tokens: int, overlap: int, embedder: str, name: str) -> None:

@@ -35,15 +35,15 @@ class Text:
     meta: dict = field(default_factory=dict)
 
 
-def find_files(sources: list) -> tuple[list[Path], int]:
-    """Every supported file under `sources` (folders recursed, sorted), once each, resolved; and
-    how many files of other kinds the folders held."""
+def find_files(sources: list, exclude: Path | None = None) -> tuple[list[Path], int]:
+    """Every supported file under `sources` (folders recursed, sorted; `exclude`, the index's own
+    folder, left out), once each, resolved; and how many files of other kinds the folders held."""
     found: dict[Path, None] = {}
     skipped = 0
     for source in sources:
         path = Path(source).expanduser()
         if path.is_dir():
-            for child in sorted(_walk(path)):
+            for child in sorted(_walk(path, exclude)):
                 if child.suffix.lower() in SUFFIXES:
                     found[child.resolve()] = None
                 else:
@@ -60,12 +60,12 @@ def find_files(sources: list) -> tuple[list[Path], int]:
     return list(found), skipped
 
 
-def _walk(folder: Path):
+def _walk(folder: Path, exclude: Path | None):
     for child in folder.iterdir():
-        if child.name.startswith("."):
+        if child.name.startswith(".") or (exclude is not None and child.resolve() == exclude):
             continue
         if child.is_dir():
-            yield from _walk(child)
+            yield from _walk(child, exclude)
         elif child.is_file():
             yield child
 

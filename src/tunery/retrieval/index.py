@@ -111,10 +111,10 @@ class Index:
 
     def chunk(self, chunk_id: str) -> dict:
         """Everything recorded about one chunk: document, source, position, offsets, line, text, metadata."""
-        found = [c for c in self.store.chunks() if c["id"] == chunk_id]
-        if not found:
+        found = self.store.find(chunk_id)
+        if found is None:
             raise NotFound(f"{self.path}: no chunk {chunk_id!r}")
-        return found[0]
+        return found
 
     def _embed(self, query: str) -> np.ndarray:
         check_name(self.embedder)

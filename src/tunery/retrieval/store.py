@@ -4,16 +4,16 @@ An index is one folder, written whole by a build (build.py writes it into a temp
 renames that into place) and never changed afterwards: a store is created once with everything,
 then only opened and read. That is the whole contract another engine (pgvector, Qdrant) would
 meet by implementing the same methods: `create`, `open`, `meta`, `documents`, `chunks`,
-`vectors`, `lexical`, `dense`, `fetch`, `close`. Rows are numbered 0..n-1 in a store; a chunk's
-vector is the vector of its row.
+`vectors`, `lexical`, `dense`, `fetch`, `find`, `close`. Rows are numbered 0..n-1 in a store;
+a chunk's vector is the vector of its row.
 
 `SqliteStore` is embedded, one folder and no server:
 - `index.sqlite` (stdlib sqlite3): `meta` (key, JSON value), `documents` (source, sha256, bytes,
   chunks), `chunks` (row, id, document, source, position, offsets, line, text, JSON metadata) and
   `chunks_fts`, an FTS5 table over chunks.text (external content: the text is stored once;
   porter stemming over unicode61, diacritics folded). Lexical search ranks with FTS5's `bm25()`.
-- `vectors.npy`: float32, one unit-length row per chunk. Dense search is exact cosine, one
-  matrix-vector product (a few thousand chunks take well under a millisecond).
+- `vectors.npy`: float32, one unit-length row per chunk, memory-mapped. Dense search is exact
+  cosine, one matrix-vector product (3,000 chunks: about 0.1 ms).
 
 User text never reaches FTS5's query syntax: `fts_query` keeps the words (\\w+) and quotes each
 one, so quotes, AND/OR/NEAR, colons, parentheses and stars are never operators.
@@ -93,6 +93,7 @@ class Store:
     def lexical(self, query: str, k: int) -> list[tuple[int, float]]: ...
     def dense(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]: ...
     def fetch(self, rows: list[int]) -> dict[int, dict]: ...
+    def find(self, chunk_id: str) -> dict | None: ...
     def close(self) -> None: ...
 
 
@@ -111,16 +112,15 @@ class SqliteStore(Store):
     def create(cls, folder: Path, meta: dict, documents: list[dict], chunks: list[dict], vectors: np.ndarray) -> None:
         assert len(chunks) == len(vectors) and all(c["row"] == i for i, c in enumerate(chunks))
         np.save(folder / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32))
-        conn = sqlite3.connect(folder / DB_FILE)
-        try:
-            conn.executescript(_SCHEMA)
-            with conn:
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-                conn.executemany("INSERT INTO documents VALUES (:source, :sha256, :bytes, :chunks)", documents)
-                conn.executemany(f"INSERT INTO chunks VALUES ({', '.join('?' * len(_CHUNK_COLUMNS))})",
-                                 ([*(c[k] for k in _CHUNK_COLUMNS[:-1]), json.dumps(c["meta"])] for c in chunks))
-                conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
-            conn.execute("VACUUM")
+        conn = sqlite3.connect(folder / DB_FILE, isolation_level=None)
+        try:  # one transaction, one sync: the folder is private until it is renamed into place
+            conn.executescript("BEGIN;" + _SCHEMA)
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            conn.executemany("INSERT INTO documents VALUES (:source, :sha256, :bytes, :chunks)", documents)
+            conn.executemany(f"INSERT INTO chunks VALUES ({', '.join('?' * len(_CHUNK_COLUMNS))})",
+                             ([*(c[k] for k in _CHUNK_COLUMNS[:-1]), json.dumps(c["meta"])] for c in chunks))
+            conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
+            conn.execute("COMMIT")
         finally:
             conn.close()
 
@@ -159,7 +159,9 @@ class SqliteStore(Store):
         return [(r[0], -r[1]) for r in rows]  # bm25() is lower-is-better; a score is higher-is-better
 
     def dense(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        scores = np.asarray(self._vectors @ vector.astype(np.float32))
+        # einsum, not `@`: a matrix-vector product this small is memory-bound, and a threaded BLAS
+        # spends more waking its threads than computing (3,000 x 256: 8 ms against 0.13 ms on 2 cores).
+        scores = np.einsum("ij,j->i", self._vectors, vector.astype(np.float32))
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         top = top[np.lexsort((top, -scores[top]))]  # best first; ties by row, so results are stable
@@ -170,6 +172,10 @@ class SqliteStore(Store):
             return {}
         found = self._rows(f"SELECT * FROM chunks WHERE row IN ({', '.join('?' * len(rows))})", list(rows))
         return {r["row"]: _chunk(r) for r in found}
+
+    def find(self, chunk_id: str) -> dict | None:
+        found = self._rows("SELECT * FROM chunks WHERE id = ?", (chunk_id,))
+        return _chunk(found[0]) if found else None
 
     def close(self) -> None:
         self.conn.close()
