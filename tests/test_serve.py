@@ -300,3 +300,19 @@ def test_a_dead_jobs_worker_is_restarted(tmp_path):
                                          psutil.STATUS_ZOMBIE for k in kids):
         time.sleep(0.2)
     assert not [k for k in kids if psutil.pid_exists(k.pid) and psutil.Process(k.pid).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_grounded_answers_carry_citations_through_the_openai_client(server, serve_home, tmp_path, monkeypatch):
+    from tunery.retrieval import build_index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "birch.md").write_text("# Birch\n\nThe trains of Birch are painted blue.\n")
+    (docs / "cedar.md").write_text("# Cedar\n\nThe trains of Cedar are painted green.\n")
+    monkeypatch.setenv("TUNERY_HOME", str(serve_home))  # registered where the server looks
+    build_index([docs], tmp_path / "index", name="towns")
+    r = client(server).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "What color are the trains of Cedar?"}], max_tokens=4,
+        extra_body={"tunery": {"retrieval": {"index": "towns", "k": 1}}})
+    citations = r.model_extra["tunery"]["citations"]
+    assert len(citations) == 1 and citations[0]["source"].endswith("cedar.md") and citations[0]["score"] > 0
