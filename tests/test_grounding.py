@@ -98,9 +98,10 @@ def test_eval_and_compare_with_retrieval(index, tiny_model, tmp_path):
     from tunery.evaluate.compare import compare
     from tunery.evaluate.evaluator import evaluate_model
 
-    test = write_jsonl(tmp_path / "t.jsonl", rows()[:4])
+    test = write_jsonl(tmp_path / "t.jsonl", [r | {"source": f"{town.lower()}.md"} for r, town in zip(rows(), COLORS)])
     result = evaluate_model(str(tiny_model), test, ["exact"], max_new_tokens=3, retrieval="towns", retrieval_k=1)
     assert result["retrieval"]["answer_in_context"] == 1.0 and result["retrieval"]["k"] == 1
+    assert result["retrieval"]["recall_at_k"] == 1.0 and result["retrieval"]["with_source"] == 4
     assert "Context:" in result["examples"][0]["prompt"] or result["prompt_tokens_per_request"] > 20
     cmp = compare(str(tiny_model), str(tiny_model), test, metrics=["exact"], few_shot=0, max_new_tokens=3,
                   retrieval="towns", retrieval_k=1)

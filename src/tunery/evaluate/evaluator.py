@@ -20,6 +20,7 @@ class Case:
     line: int
     prompt: list[dict]  # messages up to the final assistant turn
     reference: str  # the final assistant turn's content
+    source: str | None = None  # the document that holds the answer, when the row names it ("source")
 
 
 def load_cases(path: str | Path, fmt: str = "auto", limit: int | None = None) -> list[Case]:
@@ -32,7 +33,8 @@ def load_cases(path: str | Path, fmt: str = "auto", limit: int | None = None) ->
         if conv.text is not None:
             raise DataError(f"{path}:{line}: plain-text examples have no answer to score; use a chat-like format")
         last = max(i for i, m in enumerate(conv.messages) if m["role"] == "assistant")
-        cases.append(Case(line, conv.messages[:last], conv.messages[last]["content"]))
+        source = row.get("source") if isinstance(row, dict) and isinstance(row.get("source"), str) else None
+        cases.append(Case(line, conv.messages[:last], conv.messages[last]["content"], source))
         if limit and len(cases) >= limit:
             break
     if not cases:
@@ -87,14 +89,20 @@ def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int =
 
 def retrieve(cases: list[Case], index_ref: str, k: int) -> dict:
     """Each case's context from an index (its last user message is the query): {"hits": [[Hit]],
-    "index", "k", "answer_in_context"} (the share of cases whose reference appears in a chunk)."""
+    "index", "k", "answer_in_context"} (the share of cases whose reference appears in a chunk),
+    and "recall_at_k" over the cases whose row names its `source` document (a hit's source is that
+    path or ends with it)."""
     from ..retrieval import Index, query_of
     from ..retrieval.grounding import holds_answer
 
     index = Index.open(index_ref)
     hits = [index.search(query_of(c.prompt), k=k) for c in cases]
     found = sum(any(holds_answer(h.text, c.reference) for h in hs) for c, hs in zip(cases, hits))
-    return {"hits": hits, "index": str(index.info()["path"]), "k": k, "answer_in_context": found / max(len(cases), 1)}
+    known = [(c, hs) for c, hs in zip(cases, hits) if c.source]
+    recall = (sum(any(h.source == c.source or h.source.endswith("/" + c.source.lstrip("/")) for h in hs)
+                  for c, hs in known) / len(known)) if known else None
+    return {"hits": hits, "index": str(index.info()["path"]), "k": k, "answer_in_context": found / max(len(cases), 1),
+            "recall_at_k": recall, "with_source": len(known)}
 
 
 def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | None = None,
