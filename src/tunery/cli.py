@@ -93,6 +93,30 @@ def merge(
     print(merge_run(run, out))
 
 
+@app.command("export")
+def export_(
+    run: str = typer.Argument(..., help="A run folder or a registered fine-tune (ft:...)"),
+    format: str = typer.Option(..., "--format", help="merged (one safetensors model) | peft (the adapter, for vLLM)"),
+    out: Path = typer.Option(..., "--out", help="A new or empty folder"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare the export's logits with the run's own"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Export a fine-tune for other tools, verified: its logits match the run's own weights."""
+    from .export import export
+
+    record = export(run, format, out, verify=verify)
+    if as_json:
+        print(json.dumps(record))
+        return
+    v = record.get("verification")
+    checked = f"verified: max |logit diff| {v['max_abs_logit_diff']:.1e} on {v['prompts']} prompts" if v else "not verified"
+    print(f"{record['format']} export of {record['source']['name'] or run} in {out} ({checked})")
+    if record["format"] == "peft":
+        a = record["adapter"]
+        print(f"serve it with vLLM: vllm serve BASE --enable-lora --max-lora-rank {a['vllm_max_lora_rank']} "
+              f"--lora-modules {record['source']['name'] or 'tuned'}={Path(out).resolve()}")
+
+
 @app.command()
 def chat(
     model: str = typer.Argument(..., help="A run folder or any model reference"),
