@@ -108,3 +108,17 @@ def test_eval_and_compare_with_retrieval(index, tiny_model, tmp_path):
     assert set(cmp["contestants"]) == {"base", "prompt_only", "base_rag", "tuned", "tuned_rag"}
     assert cmp["contestants"]["base_rag"]["prompt_tokens_per_request"] > cmp["contestants"]["base"]["prompt_tokens_per_request"]
     assert grounding_for(type("C", (), {"retrieval": None})()) is None
+
+
+def test_index_rm_unregisters_and_deletes_only_an_index_folder(index, tmp_path):
+    out = tunery_cli("index", "rm", "towns", "--delete", "--yes")
+    assert out.returncode == 0, out.stderr
+    assert not index.exists() and "towns" not in tunery_cli("index", "list", "--json").stdout
+    docs = tmp_path / "other"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nSome text.\n")
+    build_index([docs], tmp_path / "ix2", name="ix2")
+    (tmp_path / "ix2" / "notes.txt").write_text("mine")
+    out = tunery_cli("index", "rm", "ix2", "--delete", "--yes")
+    assert out.returncode != 0 and "notes.txt" in out.stderr and (tmp_path / "ix2" / "notes.txt").exists()
+    assert tunery_cli("index", "rm", "nope", "--yes").returncode != 0

@@ -1,4 +1,4 @@
-"""The retrieval index commands: `tunery index build|search|info|list`.
+"""The retrieval index commands: `tunery index build|search|info|list|rm`.
 Thin like cli.py: parse, call tunery.retrieval and the registry, print. User text (queries,
 document text, paths) is escaped wherever rich renders it, so brackets in it are never markup."""
 
@@ -115,3 +115,33 @@ def list_(as_json: bool = _JSON):
         table.add_row(escape(row["name"]), str(row["documents"]), str(row["chunks"]), row["embedder"], row["created"],
                       escape(row["path"]) + (" [red](missing)[/red]" if row["missing"] else ""))
     _console().print(table)
+
+
+@index_app.command("rm")
+def rm(name: str = typer.Argument(..., help="A registered index name"),
+       delete: bool = typer.Option(False, "--delete", help="Also delete its folder (only if it holds nothing but the index)"),
+       yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask")):
+    """Unregister an index (and with --delete, remove its folder)."""
+    import shutil
+
+    from .errors import NotFound, TuneryError
+    from .registry.db import connect
+    from .registry.indexes import get, remove
+    from .retrieval.store import DB_FILE, VECTORS_FILE
+
+    with connect(create=False) as conn:
+        row = get(conn, name) if conn is not None else None
+        if row is None:
+            raise NotFound(f"no index named {name!r} (`tunery index list`)")
+        folder = Path(row["path"])
+        strangers = sorted(p.name for p in folder.iterdir() if p.name not in (DB_FILE, VECTORS_FILE)) \
+            if delete and folder.is_dir() else []
+        if strangers:  # never delete what tunery did not write
+            raise TuneryError(f"{folder} holds files that are not the index's ({', '.join(strangers[:3])}); "
+                              "delete it yourself, or drop --delete")
+        if not yes:
+            typer.confirm(f"unregister {name}" + (f" and delete {folder}?" if delete else "?"), abort=True)
+        remove(conn, name)
+    if delete and folder.is_dir():
+        shutil.rmtree(folder)
+    print(f"removed {name}" + (f" and {folder}" if delete and not folder.exists() else ""))
