@@ -23,6 +23,14 @@ class Result:
     stderr: str
 
 
+def one_line_error(out) -> str:
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    return lines[0]
+
+
 def tunery_cli(*args, home=None, input: str | None = None, env: dict | None = None) -> Result:
     from tunery import cli
 

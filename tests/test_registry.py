@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clirun import tunery_cli
+from clirun import one_line_error, tunery_cli
 from conftest import write_jsonl
 from tiny import build_model
 from tunery.errors import ModelNotFound, RegistryError
@@ -61,14 +61,6 @@ def at_lab(lab, monkeypatch):
 
 def cli(*args, home):
     return tunery_cli(*args, home=home)
-
-
-def one_line_error(out) -> str:
-    assert out.returncode != 0
-    assert "Traceback" not in out.stderr, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    return lines[0]
 
 
 def quick(tiny_model, data, out, **kw):

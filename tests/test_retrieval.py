@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clirun import tunery_cli
+from clirun import one_line_error, tunery_cli
 from tunery.errors import ConfigError, DataError, NotFound, TuneryError
 from tunery.retrieval import Hit, Index, build_index
 from tunery.retrieval import embedders
@@ -60,14 +60,6 @@ def corpus(tmp_path):
 def built(corpus, tmp_path):
     report = build_index([corpus], tmp_path / "idx", chunk_tokens=64, overlap=8)
     return tmp_path / "idx", report
-
-
-def one_line_error(out) -> str:
-    assert out.returncode != 0
-    assert "Traceback" not in out.stderr, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    return lines[0]
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

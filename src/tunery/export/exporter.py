@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, TuneryError
 from ..files import atomic_dir, file_digest, now
-from ..models import load_model, resolve_model
+from ..models import load_model, load_tokenizer, resolve_model
 from ..run_folder import RunFolder
 
 FORMATS = ("merged", "peft")
@@ -40,8 +40,9 @@ def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True) -
     if out.exists() and any(out.iterdir()):
         raise TuneryError(f"{out} already exists and is not empty; choose another output folder")
     info = RunFolder(resolved.run).read_info()
-    prompts = _prompts(resolved)
-    reference, tokenizer = load_model(resolved, dtype=torch.float32, device="cpu", merge=False)
+    reference, tokenizer = load_model(resolved, dtype=torch.float32, device="cpu", merge=False) if verify \
+        else (None, load_tokenizer(resolved))
+    prompts = _prompts(info, tokenizer) if verify else []
     record = {"format": fmt, "source": {"run": str(resolved.run), "id": info.id, "name": info.name},
               "created": now()}
     with atomic_dir(out) as tmp:
@@ -67,14 +68,11 @@ def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True) -
     return record | {"out": str(out)}
 
 
-def _prompts(resolved, n: int = 4) -> list[str]:
+def _prompts(info, tokenizer, n: int = 4) -> list[str]:
     """A few prompts of the run's own data, rendered through the chat template it trained with."""
     from ..data.formats import normalise, rows_with_format
     from ..data.template import load_template
-    from ..models import load_tokenizer
 
-    info = RunFolder(resolved.run).read_info()
-    tokenizer = load_tokenizer(resolved)
     template = load_template(tokenizer)
     texts = []
     try:

@@ -52,10 +52,11 @@ class Grounding:
         query = query_of(head)
         if not query:
             return conv, None
-        found = self.index.search(query, k=self.k * (3 if self.is_distractor(conv.line) else 1))
+        distractor = self.is_distractor(conv.line)
+        found = self.index.search(query, k=self.k * (3 if distractor else 1))
         holds = [h for h in found if holds_answer(h.text, answer)]
         warning = None
-        if self.is_distractor(conv.line):
+        if distractor:
             found = [h for h in found if h not in holds][-self.k:]
             self.distracted.append(conv.line)
             tail = msgs[last:] if self.unknown is None else [dict(msgs[last], content=self.unknown), *msgs[last + 1:]]

@@ -206,9 +206,14 @@ def create_job(body: dict, catalog) -> dict:
     return get_job(job_id)
 
 
+def _stored(request: dict) -> JobRequest:
+    """A job's stored request (create_job adds `base_ref`, the catalog's reference for its model)."""
+    return JobRequest.model_validate({k: v for k, v in request.items() if k != "base_ref"})
+
+
 def _hyperparameters(request: dict) -> dict:
     try:
-        return JobRequest.model_validate({k: v for k, v in request.items() if k != "base_ref"}).hyper().model_dump()
+        return _stored(request).hyper().model_dump()
     except ValueError:  # a job stored by an older tunery, before requests were this strict
         return dict(request.get("hyperparameters") or {})
 
@@ -217,7 +222,7 @@ def config_for(request: dict, job_id: str) -> TrainConfig:
     """The TrainConfig a job runs, from its stored (validated) request. Hosted-API hyperparameters
     map onto it; tunery's own fields come under `tunery` or `method.tunery`; an uploaded template
     is named by its file id. The model is the reference the server's catalog resolved its name to."""
-    req = JobRequest.model_validate({k: v for k, v in request.items() if k != "base_ref"})
+    req = _stored(request)
     hp, extra = req.hyper(), req.tuned()
     values = {"model": request.get("base_ref", req.model), "data": "(uploaded)", "method": "lora",
               "seed": 42 if req.seed is None else req.seed, **extra}
