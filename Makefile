@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup browser demo lint test test-process bench clean
+.PHONY: setup browser demo lint test test-process gguf test-gguf bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,20 @@ lint: setup
 	$(BIN)/ruff check src tests bench examples
 
 test: setup browser lint
-	$(BIN)/python -m pytest -q -m "not process"
+	$(BIN)/python -m pytest -q -m "not process and not gguf"
 
 test-process: setup
-	$(BIN)/python -m pytest -q -m process
+	$(BIN)/python -m pytest -q -m "process and not gguf"
+
+# The gguf extra builds llama.cpp from source once (minutes; pip caches the wheel).
+$(BIN)/.gguf: $(BIN)/.installed
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(BIN)/pip install -q -e '.[gguf,dev]'
+	touch $@
+
+gguf: $(BIN)/.gguf
+
+test-gguf: gguf
+	$(BIN)/python -m pytest -q -m gguf
 
 clean:
 	rm -rf $(VENV) .pytest_cache

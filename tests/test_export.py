@@ -64,3 +64,14 @@ def test_export_refusals(lora_run, tiny_model, tmp_path):
     with pytest.raises(TuneryError, match="DoRA"):
         export(dora.dir, "peft", tmp_path / "z")
     assert not (tmp_path / "z").exists()
+
+
+def test_gguf_without_the_extra_names_it(lora_run, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if `tunery[gguf]` were not installed
+    out = tunery_cli("export", lora_run.dir, "--format", "gguf", "--out", tmp_path / "g")
+    assert out.returncode == 1 and "pip install 'tunery[gguf]'" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "g").exists()
+    out = tunery_cli("export", lora_run.dir, "--format", "merged", "--quant", "q8_0", "--out", tmp_path / "m")
+    assert out.returncode == 2 and "only GGUF exports" in out.stderr

@@ -397,11 +397,11 @@ def test_migrations_upgrade_an_older_database(tmp_path):
     conn.commit()
     conn.close()
     with connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [r[0] for r in conn.execute("SELECT name FROM models")] == ["ft:b:s:aaaa"]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"models", "evals", "file_hashes"} <= tables
+    assert {"models", "evals", "file_hashes", "exports"} <= tables
 
 
 WRITER = textwrap.dedent("""

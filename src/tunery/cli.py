@@ -96,25 +96,40 @@ def merge(
 @app.command("export")
 def export_(
     run: str = typer.Argument(..., help="A run folder or a registered fine-tune (ft:...)"),
-    format: str = typer.Option(..., "--format", help="merged (one safetensors model) | peft (the adapter, for vLLM)"),
+    format: str = typer.Option(..., "--format", help="merged (one safetensors model) | peft (the adapter, for vLLM) | "
+                               "gguf (llama.cpp) | ollama (GGUF + Modelfile)"),
     out: Path = typer.Option(..., "--out", help="A new or empty folder"),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare the export's logits with the run's own"),
+    quant: Optional[str] = typer.Option(None, "--quant", help="GGUF type: f16 (default) | bf16 | q8_0 | q6_k | q5_k_m | q4_k_m"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the export against the run's own model first"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Export a fine-tune for other tools, verified: its logits match the run's own weights."""
+    """Export a fine-tune for other tools, verified before it is handed over."""
     from .export import export
 
-    record = export(run, format, out, verify=verify)
+    record = export(run, format, out, verify=verify, quant=quant)
     if as_json:
         print(json.dumps(record))
         return
     v = record.get("verification")
-    checked = f"verified: max |logit diff| {v['max_abs_logit_diff']:.1e} on {v['prompts']} prompts" if v else "not verified"
-    print(f"{record['format']} export of {record['source']['name'] or run} in {out} ({checked})")
+    name = record["source"]["name"] or run
+    if not v:
+        checked = "not verified"
+    elif "max_abs_logit_diff" in v:
+        checked = f"verified: max |logit diff| {v['max_abs_logit_diff']:.1e} on {v['prompts']} prompts"
+    else:
+        checked = (f"verified in llama.cpp: same prompt, {v['agreement']:.0%} of {v['prompts']} greedy answers as tunery's"
+                   + (f", {record['size_ratio_to_f16']:.2f}x the f16 size" if "size_ratio_to_f16" in record else ""))
+    print(f"{record['format']} export of {name} in {out} ({checked})")
+    if record.get("warning"):
+        print(f"warning: {record['warning']}", file=sys.stderr)
     if record["format"] == "peft":
         a = record["adapter"]
         print(f"serve it with vLLM: vllm serve BASE --enable-lora --max-lora-rank {a['vllm_max_lora_rank']} "
               f"--lora-modules {record['source']['name'] or 'tuned'}={Path(out).resolve()}")
+    elif record["format"] == "gguf":
+        print(f"run it with llama.cpp: llama-server -m {Path(out).resolve() / record['gguf']} --jinja")
+    elif record["format"] == "ollama":
+        print(f"import it into Ollama: cd {Path(out).resolve()} && {record['ollama']['import']}")
 
 
 @app.command()

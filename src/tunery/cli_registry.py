@@ -94,7 +94,7 @@ def models_diff(a: str = typer.Argument(..., help="A model"), b: str = typer.Arg
 
 
 def lineage(name: str = _NAME, as_json: bool = _JSON):
-    """A model's ancestors (what it was retrained from) and descendants."""
+    """A model's ancestors (what it was retrained from), descendants, and where each was exported."""
     from .registry import store
     from .registry.db import connect
     from .registry.report import print_lineage
@@ -103,7 +103,7 @@ def lineage(name: str = _NAME, as_json: bool = _JSON):
         result = store.lineage(conn, name)
     if as_json:
         keep = ("id", "name", "status", "base_ref", "derived_from", "created", "removed")
-        brief = lambda r: {k: r.get(k) for k in keep}  # noqa: E731
+        brief = lambda r: {k: r.get(k) for k in keep} | ({"exports": r["exports"]} if "exports" in r else {})  # noqa: E731
         _dump({"model": brief(result["model"]), "ancestors": [brief(r) for r in result["ancestors"]],
                "descendants": [brief(r) for r in result["descendants"]]})
     else:

@@ -7,6 +7,16 @@
             embedding, output-layer or modules_to_save tensors); verified: it loads over the base
             with peft and gives the logits the run's own adapter gives, and its rank is reported
             against vLLM's --max-lora-rank
+    gguf    one GGUF file (`--quant` f16 | bf16 | q8_0 | q6_k | q5_k_m | q4_k_m) made by llama.cpp's own
+            converter and quantizer from the merged model, carrying the chat template and the
+            end-of-turn ids; verified in llama.cpp itself: the prompt the GGUF's template renders
+            equals tunery's, llama.cpp tokenizes it to the same ids, every end-of-turn id tunery stops
+            at is end-of-generation there, and greedy answers to the run's validation prompts agree
+            with tunery's own (all of them at f16; at least MIN_AGREEMENT otherwise, with the size
+            ratio to f16 and the model's largest activation reported, since llama.cpp multiplies
+            quantized weights with 8-bit-quantized activations and outliers ruin them)
+    ollama  the gguf export plus a Modelfile whose Go template renders what the chat template does
+            (checked by Go's text/template on system / no-system / multi-turn conversations)
 
 Every export writes OUT/export.json (format, file sha256s, the verification figures, the source
 run's registry id and name). OUT is written atomically and must not exist or be empty.
@@ -18,19 +28,29 @@ from pathlib import Path
 from ..errors import ConfigError, TuneryError
 from ..files import atomic_dir, file_digest, now
 from ..models import load_model, load_tokenizer, resolve_model
+from ..registry import recorder
 from ..run_folder import RunFolder
 
-FORMATS = ("merged", "peft")
+FORMATS = ("merged", "peft", "gguf", "ollama")
+MIN_AGREEMENT = 0.5  # share of greedy answers a lossy GGUF must give exactly as tunery does
+ANSWER_TOKENS = 48  # greedy answer length compared in GGUF verification
 TOLERANCE = 1e-3  # max |logit difference| a verified export may show (fp32, CPU)
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # --max-lora-rank values vLLM accepts
 
 
-def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True) -> dict:
+def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True, quant: str | None = None) -> dict:
     """Write the export and return what export.json records."""
     import torch
 
     if fmt not in FORMATS:
         raise ConfigError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}", "format")
+    if quant is not None and fmt not in ("gguf", "ollama"):
+        raise ConfigError(f"quant: only GGUF exports (gguf, ollama) are quantized, not {fmt}", "quant")
+    if fmt in ("gguf", "ollama"):
+        from .gguf import check_quant, converter
+
+        check_quant(quant := quant or "f16")
+        converter()  # the extra and the converter are there before any work
     resolved = resolve_model(str(run))
     if resolved.source != "run":
         raise TuneryError(f"{run} is not a tunery run (a run folder or a registered fine-tune)")
@@ -40,18 +60,19 @@ def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True) -
     if out.exists() and any(out.iterdir()):
         raise TuneryError(f"{out} already exists and is not empty; choose another output folder")
     info = RunFolder(resolved.run).read_info()
-    reference, tokenizer = load_model(resolved, dtype=torch.float32, device="cpu", merge=False) if verify \
-        else (None, load_tokenizer(resolved))
+    model_id = recorder.registered_id(str(resolved.run))  # a broken registry is reported before any work
+    reference, tokenizer = load_model(resolved, dtype=torch.float32, device="cpu", merge=False) \
+        if verify and fmt in ("merged", "peft") else (None, load_tokenizer(resolved))
     prompts = _prompts(info, tokenizer) if verify else []
     record = {"format": fmt, "source": {"run": str(resolved.run), "id": info.id, "name": info.name},
               "created": now()}
     with atomic_dir(out) as tmp:
         if fmt == "merged":
-            merged, _ = load_model(resolved, dtype=torch.float32, device="cpu", merge=True)
-            _stop_ids_in_generation_config(merged, tokenizer)
-            merged.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            _save_merged(resolved, tokenizer, tmp)
             check = (lambda: _max_logit_diff(reference, _load(tmp), tokenizer, prompts)) if verify else None
+        elif fmt in ("gguf", "ollama"):
+            record |= _gguf(resolved, info, tokenizer, tmp, quant, fmt == "ollama", verify)
+            check = None
         else:
             record["adapter"] = _copy_adapter(resolved.adapter, tmp)
             tokenizer.save_pretrained(tmp)
@@ -65,7 +86,165 @@ def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True) -
                                   f"weights (tolerance {TOLERANCE:g}); nothing was written")
         record["files"] = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "export.json").write_text(json.dumps(record, indent=2))
-    return record | {"out": str(out)}
+    record["out"] = str(out)
+    recorder.record_export(model_id, record)
+    return record
+
+
+def _save_merged(resolved, tokenizer, folder: Path):
+    """base + adapter folded in fp32, with the tokenizer and every end-of-turn id as EOS."""
+    import torch
+
+    merged, _ = load_model(resolved, dtype=torch.float32, device="cpu", merge=True)
+    _stop_ids_in_generation_config(merged, tokenizer)
+    merged.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return merged
+
+
+def _gguf(resolved, info, tokenizer, dest: Path, quant: str, ollama: bool, verify: bool) -> dict:
+    """Merge, convert with llama.cpp's converter, quantize, and check the file in llama.cpp."""
+    import tempfile
+
+    from .gguf import FLOAT_QUANTS, convert, quantize
+
+    name = f"model-{quant}.gguf"
+    record: dict = {"quant": quant, "gguf": name}
+    if info.method == "qlora":
+        record["warning"] = ("a QLoRA run: its adapter was merged into the base de-quantized to fp32, "
+                             "not into the 4-bit weights it trained against")
+    with tempfile.TemporaryDirectory(prefix=".tunery-gguf-", dir=dest.parent) as staging:
+        staging = Path(staging)
+        merged = _save_merged(resolved, tokenizer, staging / "hf")
+        f16 = staging / "model-f16.gguf"
+        convert(staging / "hf", dest / name if quant in FLOAT_QUANTS else f16, quant if quant in FLOAT_QUANTS else "f16")
+        if quant not in FLOAT_QUANTS:
+            quantize(f16, dest / name, quant)
+            record["size_ratio_to_f16"] = round((dest / name).stat().st_size / f16.stat().st_size, 4)
+        if verify:
+            record["verification"] = _verify_gguf(dest / name, merged, tokenizer, _conversations(resolved.run, info), quant)
+    if ollama:
+        from .ollama import go_template, import_command, modelfile
+
+        from ..data.template import load_template
+
+        tmpl = go_template(load_template(tokenizer), tokenizer)
+        (dest / "Modelfile").write_text(modelfile(name, tmpl))
+        record["ollama"] = {"family": tmpl.family, "stops": tmpl.stops, "system": tmpl.system,
+                            "conversations_checked": tmpl.checked,
+                            "import": import_command(info.name or "tuned", dest)}
+    return record
+
+
+def _verify_gguf(path: Path, merged, tokenizer, conversations: list[list[dict]], quant: str) -> dict:
+    """The GGUF in llama.cpp against tunery's own generation on the run's validation prompts."""
+    from ..data.render import stop_token_ids
+    from ..data.template import load_template
+    from ..generation import generate_batch
+    from ..models.llamacpp import GGUFModel
+    from .gguf import FLOAT_QUANTS
+
+    template = load_template(tokenizer)
+    if template is None:
+        raise TuneryError("the model has no chat template, so its GGUF could not be checked; use --no-verify")
+    stops = sorted(stop_token_ids(tokenizer, template))
+    gguf = GGUFModel(path, n_ctx=4096)
+    try:
+        not_eog = [tokenizer.convert_ids_to_tokens(i) for i in stops if i not in gguf.eog_ids]
+        if not_eog:
+            raise TuneryError(f"export verification failed: llama.cpp does not stop at {', '.join(not_eog)} in the GGUF, "
+                              "so its answers would run on past the end of the turn; nothing was written")
+        agree, samples = 0, []
+        for messages in conversations:
+            ours = template.render(messages, add_generation_prompt=True)
+            theirs = gguf.render(messages)
+            if theirs != ours:
+                raise TuneryError("export verification failed: the chat template inside the GGUF renders a different prompt "
+                                  f"in llama.cpp than tunery trained with ({_first_difference(ours, theirs)}); nothing was written")
+            ids = tokenizer(ours, add_special_tokens=False)["input_ids"]
+            if gguf.tokenize(theirs) != ids:
+                raise TuneryError("export verification failed: llama.cpp tokenizes the prompt differently from the model's "
+                                  "tokenizer (tokenizer pre-type or BOS); nothing was written")
+            mine = generate_batch(merged, tokenizer, [ids], stops, max_new_tokens=ANSWER_TOKENS)[0]
+            got = gguf.complete(gguf.tokenize(theirs), max_tokens=ANSWER_TOKENS)
+            same = got.text == mine.text and got.finish_reason == mine.finish_reason
+            agree += same
+            if len(samples) < 3:
+                samples.append({"tunery": mine.text, "llama.cpp": got.text, "same": same})
+    finally:
+        gguf.close()
+    rate = agree / len(conversations)
+    record = {"prompts": len(conversations), "agreement": round(rate, 4), "prompt_render_equal": True,
+              "end_of_turn_ids": stops, "samples": samples}
+    needed = 1.0 if quant == "f16" else MIN_AGREEMENT
+    if quant not in FLOAT_QUANTS:
+        record["largest_activation"] = _largest_activation(merged, tokenizer, template, conversations)
+    if rate < needed:
+        why = ""
+        if "largest_activation" in record:
+            big = record["largest_activation"]
+            why = (f"; llama.cpp multiplies {quant} weights with activations quantized to 8 bits in blocks of 32, and "
+                   f"this model's activations reach {big['value']:.0f} (input of {big['module']}), which that rounding ruins:"
+                   " export at f16 or bf16")
+        raise TuneryError(f"export verification failed: the {quant} GGUF answers {agree}/{len(conversations)} validation "
+                          f"prompts as tunery does (needs {needed:.0%}){why}; nothing was written (--no-verify writes it anyway)")
+    return record
+
+
+def _largest_activation(model, tokenizer, template, conversations) -> dict:
+    """The largest |input| of any linear layer on the verification prompts (outliers break 8-bit activations)."""
+    import torch
+
+    worst = {"value": 0.0, "module": ""}
+
+    def hook(name):
+        def record(_module, args):
+            value = float(args[0].detach().abs().max())
+            if value > worst["value"]:
+                worst.update(value=value, module=name)
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            for messages in conversations:
+                text = template.render(messages, add_generation_prompt=True)
+                model(torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]]))
+    finally:
+        for h in handles:
+            h.remove()
+    return {"value": round(worst["value"], 2), "module": worst["module"]}
+
+
+def _first_difference(a: str, b: str) -> str:
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"tunery: {a[max(0, i - 20): i + 30]!r} vs GGUF: {b[max(0, i - 20): i + 30]!r}"
+
+
+def _conversations(run: Path, info, n: int = 6) -> list[list[dict]]:
+    """Up to n conversations of the run's validation set (else its data), each cut before its
+    last assistant turn: the prompts a user of the export would send."""
+    from ..data.formats import normalise, rows_with_format
+
+    sources = [p for p in (RunFolder(run).eval_set_file, Path(info.data.file)) if p.is_file()]
+    found: list[list[dict]] = []
+    for source in sources:
+        try:
+            fmt, rows = rows_with_format(source, "auto")
+            for line, row in rows:
+                conv, _ = normalise(line, row, fmt)
+                if conv is None or conv.text is not None:
+                    continue
+                last = max((i for i, m in enumerate(conv.messages) if m["role"] == "assistant"), default=None)
+                if last:
+                    found.append(conv.messages[:last])
+                if len(found) >= n:
+                    return found
+        except (OSError, TuneryError):
+            continue
+        if found:
+            break
+    return found or [[{"role": "user", "content": "Hello! How are you today?"}]]
 
 
 def _prompts(info, tokenizer, n: int = 4) -> list[str]:

@@ -149,7 +149,24 @@ def _m006_indexes(c: sqlite3.Connection) -> None:
     c.execute("CREATE INDEX indexes_path ON indexes(path)")
 
 
-MIGRATIONS = [_m001_models, _m002_evals, _m003_hash_cache, _m004_files_jobs, _m005_job_attempts, _m006_indexes]
+def _m007_exports(c: sqlite3.Connection) -> None:
+    # `tunery export`: where a model went, in what format, and how it was checked.
+    c.execute("""
+        CREATE TABLE exports (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+            format TEXT NOT NULL,             -- merged | peft | gguf | ollama
+            quant TEXT,                       -- GGUF type (f16, q8_0, q4_k_m, ...)
+            path TEXT NOT NULL,               -- the export folder, resolved
+            files TEXT NOT NULL,              -- JSON: file name -> sha256
+            verification TEXT,                -- JSON: the figures export.json records; NULL with --no-verify
+            created TEXT NOT NULL
+        )""")
+    c.execute("CREATE INDEX exports_model ON exports(model_id, id)")
+
+
+MIGRATIONS = [_m001_models, _m002_evals, _m003_hash_cache, _m004_files_jobs, _m005_job_attempts, _m006_indexes,
+              _m007_exports]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

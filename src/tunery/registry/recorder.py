@@ -95,3 +95,10 @@ def record_eval(model_id: str | None, kind: str, data_file, result: dict, params
     with connect() as conn:
         store.record_eval(conn, model_id, kind, str(data_file), len(result["examples"]), params,
                           result["metrics"], base_ref)
+
+
+def record_export(model_id: str | None, record: dict) -> None:
+    if model_id is None:
+        return
+    with connect() as conn:
+        store.record_export(conn, model_id, record)

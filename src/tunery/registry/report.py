@@ -68,6 +68,8 @@ def print_show(row: dict, console) -> None:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in e["results"].items())
         on = f" on base {e['base_ref']}" if e["base_ref"] else ""
         console.print(f"{e['kind']} {e['created']}{on}: {e['data_file']} ({e['examples']} examples): {scores}")
+    for e in row.get("exports", []):
+        console.print(f"export {export_label(e)}")
 
 
 def print_diff(d: dict, console) -> None:
@@ -116,7 +118,25 @@ def print_lineage(lin: dict, console) -> None:
     for r in lin["descendants"]:  # parents come before children (ordered by creation)
         parent = nodes.get(r["derived_from"], node)
         nodes[r["id"]] = parent.add(label(r))
+    for r in (me, *lin["descendants"]):
+        for e in r.get("exports", []):
+            nodes[r["id"]].add(f"[cyan]export {export_label(e)}[/]")
     console.print(root)
+
+
+def export_label(e: dict) -> str:
+    """`gguf q8_0 -> /path (agreement 100%)`: one export in a line."""
+    from rich.markup import escape
+
+    v = e.get("verification") or {}
+    if "agreement" in v:
+        checked = f"agreement {v['agreement']:.0%} on {v['prompts']} prompts"
+    elif "max_abs_logit_diff" in v:
+        checked = f"max |logit diff| {v['max_abs_logit_diff']:.1e}"
+    else:
+        checked = "not verified"
+    kind = e["format"] + (f" {e['quant']}" if e.get("quant") else "")
+    return f"{kind} → {escape(e['path'])} [dim]({checked}, {e['created']})[/]"
 
 
 def print_rerun(result: dict, console) -> None:

@@ -183,6 +183,8 @@ def lineage(conn, ref: str) -> dict:
             SELECT id FROM models WHERE derived_from = ?
             UNION SELECT m.id FROM models m JOIN tree t ON m.derived_from = t.id)
         SELECT m.* FROM models m JOIN tree USING (id) ORDER BY m.created, m.rowid""", (row["id"],))]
+    for r in (row, *descendants):
+        r["exports"] = exports(conn, r["id"])
     return {"model": row, "ancestors": ancestors, "descendants": descendants}
 
 
@@ -203,6 +205,28 @@ def evals(conn, model_id: str) -> list[dict]:
     for r in conn.execute("SELECT * FROM evals WHERE model_id = ? ORDER BY id", (model_id,)):
         d = dict(r)
         d["params"], d["results"] = json.loads(d["params"]), json.loads(d["results"])
+        out.append(d)
+    return out
+
+
+# -- exports ------------------------------------------------------------------------------------
+
+def record_export(conn, model_id: str, record: dict) -> None:
+    """One `tunery export` (the record export.json holds) against the model it came from."""
+    with transaction(conn):
+        conn.execute("INSERT INTO exports (model_id, format, quant, path, files, verification, created) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (model_id, record["format"], record.get("quant"), str(Path(record["out"]).resolve()),
+                      json.dumps(record["files"]), json.dumps(record["verification"]) if record.get("verification") else None,
+                      record["created"]))
+
+
+def exports(conn, model_id: str) -> list[dict]:
+    out = []
+    for r in conn.execute("SELECT * FROM exports WHERE model_id = ? ORDER BY id", (model_id,)):
+        d = dict(r)
+        d["files"] = json.loads(d["files"])
+        d["verification"] = json.loads(d["verification"]) if d["verification"] else None
         out.append(d)
     return out
 
@@ -259,6 +283,7 @@ def describe(conn, ref: str) -> dict:
     """A model's full record: its row, evaluations, parent's name, and (while training) the latest step."""
     row = get(conn, ref)
     row["evals"] = evals(conn, row["id"])
+    row["exports"] = exports(conn, row["id"])
     if row["derived_from"]:
         parent = conn.execute("SELECT name FROM models WHERE id = ?", (row["derived_from"],)).fetchone()
         row["derived_from_name"] = parent["name"] if parent else None

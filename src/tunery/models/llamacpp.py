@@ -1,0 +1,129 @@
+"""llama.cpp's runtime, through the optional extra `tunery[gguf]` (llama-cpp-python): a GGUF file
+loaded, its prompts rendered from the chat template inside the file, greedy answers that stop
+where llama.cpp stops.
+
+Invariants:
+- A prompt is rendered from the GGUF's own `tokenizer.chat_template` (llama-cpp-python's Jinja
+  formatter, the one its OpenAI-style server uses), never from tunery's copy: what export
+  verification checks is what a user of the file gets.
+- An answer ends at a token llama.cpp itself calls end-of-generation (`llama_vocab_is_eog`), or
+  at `max_tokens` ("length"); no stop strings are added here, so a GGUF whose end-of-turn token
+  is not end-of-generation runs on, and is caught.
+- Greedy means greedy: temperature 0 and no repetition penalty.
+"""
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TuneryError
+
+EXTRA = "pip install 'tunery[gguf]'"
+
+
+def llama_cpp_module():
+    """llama_cpp, or a one-line error naming the extra that brings it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise TuneryError(f"GGUF needs llama.cpp's runtime, the optional extra: {EXTRA}") from None
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own log: errors only
+    return llama_cpp
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop (an end-of-generation token) | length
+
+
+class GGUFModel:
+    """One GGUF file in llama.cpp. Not thread-safe by itself: calls are serialised by a lock."""
+
+    def __init__(self, path: str | Path, *, n_ctx: int = 2048, threads: int | None = None):
+        ll = llama_cpp_module()
+        path = Path(path)
+        if not path.is_file():
+            raise TuneryError(f"{path}: no such GGUF file")
+        threads = threads or max(1, (os.cpu_count() or 2))
+        n_ctx = min(n_ctx, _trained_context(path) or n_ctx)
+        try:
+            self.llm = ll.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=0,
+                                verbose=False)
+        except (ValueError, RuntimeError) as e:
+            raise TuneryError(f"{path}: llama.cpp cannot load it ({e})") from None
+        self.path, self.lock = path, threading.Lock()
+        self.n_ctx = self.llm.n_ctx()
+        meta = self.llm.metadata
+        self.chat_template = meta.get("tokenizer.chat_template")
+        vocab = self.llm._model.vocab
+        self.eog_ids = {t for t in range(self.llm.n_vocab()) if ll.llama_vocab_is_eog(vocab, t)}
+        self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The prompt text the GGUF's own template makes, ready for the assistant's answer."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if not self.chat_template:
+            raise TuneryError(f"{self.path}: the GGUF carries no chat template (tokenizer.chat_template)")
+        token = lambda i: self.llm.detokenize([i], special=True).decode("utf-8", "replace") if i >= 0 else ""  # noqa: E731
+        formatter = Jinja2ChatFormatter(self.chat_template, eos_token=token(self.llm.token_eos()),
+                                        bos_token=token(self.llm.token_bos()), add_generation_prompt=True)
+        return formatter(messages=messages, tools=tools).prompt
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=self.add_bos, special=True)
+
+    def answer(self, messages: list[dict], *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+               seed: int | None = None) -> Answer:
+        return self.complete(self.tokenize(self.render(messages)), max_tokens=max_tokens, temperature=temperature,
+                             top_p=top_p, seed=seed)
+
+    def complete(self, prompt: list[int], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, on_text=None) -> Answer:
+        """Generate after `prompt` (token ids). `on_text(piece)` is called as text arrives; returning
+        True from it stops generation (finish_reason "length")."""
+        room = self.n_ctx - len(prompt)
+        if room <= 0:
+            raise TuneryError(f"the prompt has {len(prompt)} tokens; {self.path.name} runs with a context of {self.n_ctx}")
+        sampling = temperature > 0
+        tokens: list[int] = []
+        text, finish = "", "length"
+        with self.lock:
+            if seed is not None:
+                self.llm.set_seed(seed)
+            for token in self.llm.generate(prompt, temp=temperature if sampling else 0.0, top_p=top_p if sampling else 1.0,
+                                           top_k=0 if sampling else 1, min_p=0.0, repeat_penalty=1.0, reset=True):
+                if token in self.eog_ids:
+                    finish = "stop"
+                    break
+                tokens.append(token)
+                try:
+                    now = self.llm.detokenize(tokens, prev_tokens=prompt).decode("utf-8")
+                except UnicodeDecodeError:  # inside a multi-byte character
+                    now = text
+                piece, text = now[len(text):], now
+                if piece and on_text is not None and on_text(piece):
+                    break
+                if len(tokens) >= min(max_tokens, room):
+                    break
+        return Answer(text, len(prompt), len(tokens), finish)
+
+
+def _trained_context(path: Path) -> int | None:
+    """The context length the GGUF says its model was trained with (its `<arch>.context_length`)."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(str(path)).fields
+        arch = fields["general.architecture"].contents()
+        return int(fields[f"{arch}.context_length"].contents())
+    except Exception:  # an unusual file: llama.cpp decides
+        return None
