@@ -1,8 +1,9 @@
 # The two commands the README starts with:
 #   make demo   set up, then fine-tune the bundled default model on the bundled example task
 #   make test   set up, lint, then run the fast test lane (minutes)
-# and the second test lane, which CI also runs:
+# and the other test lanes, which CI also runs:
 #   make test-process   tests that cross a process boundary or load the real default model
+#   make test-gguf      GGUF exports and the llama.cpp engine (installs the gguf extra: builds llama.cpp once)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
