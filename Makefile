@@ -31,6 +31,15 @@ browser:
 	  { [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# The Ollama export renders its chat template with Go to check it (Debian's package); the fast
+# lane's tests do too, so test needs it.
+.PHONY: go
+go:
+	@command -v go >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq golang-go >/dev/null; }
+test: go
+
 lint: setup
 	$(BIN)/ruff check src tests bench examples
 
