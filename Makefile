@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup browser demo lint test test-process gguf test-gguf bench clean
+.PHONY: setup browser go demo lint test test-process gguf test-gguf bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +38,10 @@ go:
 	@command -v go >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq golang-go >/dev/null; }
-test: go
-
 lint: setup
 	$(BIN)/ruff check src tests bench examples
 
-test: setup browser lint
+test: setup browser go lint
 	$(BIN)/python -m pytest -q -m "not process and not gguf"
 
 test-process: setup

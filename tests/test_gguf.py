@@ -146,3 +146,15 @@ def test_gguf_model_stops_at_end_of_turn_and_refuses_long_prompts(lab, home, tmp
     assert cut.finish_reason == "length" and "".join(pieces) == cut.text and cut.completion_tokens == 2
     with pytest.raises(TuneryError, match="context of 256"):
         model.answer([{"role": "user", "content": "color " * 300}])
+
+
+def test_ollama_export_has_a_checked_template_and_the_default_system_prompt(lab, home, tmp_path):
+    out = tunery_cli("export", lab["run"].dir, "--format", "ollama", "--out", tmp_path / "o", home=home)
+    assert out.returncode == 0, out.stderr
+    modelfile = (tmp_path / "o" / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model-f16.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "You are a helpful AI assistant named SmolLM" in modelfile  # SmolLM2's template adds it when none is given
+    record = json.loads((tmp_path / "o" / "export.json").read_text())
+    assert record["ollama"]["family"] == "chatml" and record["ollama"]["conversations_checked"] >= 3
+    assert record["verification"]["agreement"] == 1.0
+    assert f"ollama create tiny-d-{lab['run'].info.id[:8]} -f {tmp_path / 'o' / 'Modelfile'}" in out.stdout

@@ -129,7 +129,7 @@ def export_(
     elif record["format"] == "gguf":
         print(f"run it with llama.cpp: llama-server -m {Path(out).resolve() / record['gguf']} --jinja")
     elif record["format"] == "ollama":
-        print(f"import it into Ollama: cd {Path(out).resolve()} && {record['ollama']['import']}")
+        print(f"import it into Ollama: {record['ollama']['import']}")
 
 
 @app.command()

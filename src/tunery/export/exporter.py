@@ -71,7 +71,7 @@ def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True, q
             _save_merged(resolved, tokenizer, tmp)
             check = (lambda: _max_logit_diff(reference, _load(tmp), tokenizer, prompts)) if verify else None
         elif fmt in ("gguf", "ollama"):
-            record |= _gguf(resolved, info, tokenizer, tmp, quant, fmt == "ollama", verify)
+            record |= _gguf(resolved, info, tokenizer, tmp, out.name, quant, fmt == "ollama", verify)
             check = None
         else:
             record["adapter"] = _copy_adapter(resolved.adapter, tmp)
@@ -102,7 +102,14 @@ def _save_merged(resolved, tokenizer, folder: Path):
     return merged
 
 
-def _gguf(resolved, info, tokenizer, dest: Path, quant: str, ollama: bool, verify: bool) -> dict:
+def _ollama_name(name: str | None) -> str:
+    """ft:base:suffix:abcd1234 -> base-suffix-abcd1234 (Ollama names take no colons but a tag's)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "tuned").removeprefix("ft:")).strip("-.") or "tuned"
+
+
+def _gguf(resolved, info, tokenizer, dest: Path, final: str, quant: str, ollama: bool, verify: bool) -> dict:
     """Merge, convert with llama.cpp's converter, quantize, and check the file in llama.cpp."""
     import tempfile
 
@@ -132,7 +139,7 @@ def _gguf(resolved, info, tokenizer, dest: Path, quant: str, ollama: bool, verif
         (dest / "Modelfile").write_text(modelfile(name, tmpl))
         record["ollama"] = {"family": tmpl.family, "stops": tmpl.stops, "system": tmpl.system,
                             "conversations_checked": tmpl.checked,
-                            "import": import_command(info.name or "tuned", dest)}
+                            "import": import_command(_ollama_name(info.name), dest.parent / final)}
     return record
 
 
