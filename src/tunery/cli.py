@@ -120,8 +120,9 @@ def export_(
         checked = (f"verified in llama.cpp: same prompt, {v['agreement']:.0%} of {v['prompts']} greedy answers as tunery's"
                    + (f", {record['size_ratio_to_f16']:.2f}x the f16 size" if "size_ratio_to_f16" in record else ""))
     print(f"{record['format']} export of {name} in {out} ({checked})")
-    if record.get("warning"):
-        print(f"warning: {record['warning']}", file=sys.stderr)
+    for warning in (record.get("warning"), (v or {}).get("note")):
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     if record["format"] == "peft":
         a = record["adapter"]
         print(f"serve it with vLLM: vllm serve BASE --enable-lora --max-lora-rank {a['vllm_max_lora_rank']} "

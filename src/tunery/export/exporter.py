@@ -176,23 +176,24 @@ def _verify_gguf(path: Path, merged, tokenizer, conversations: list[list[dict]],
             got = gguf.complete(gguf.tokenize(theirs), max_tokens=ANSWER_TOKENS)
             same = got.text == mine.text and got.finish_reason == mine.finish_reason
             agree += same
-            if len(samples) < 3:
-                samples.append({"tunery": mine.text, "llama.cpp": got.text, "same": same})
+            samples.append({"tunery": mine.text, "llama.cpp": got.text, "same": same})
     finally:
         gguf.close()
     rate = agree / len(conversations)
+    samples = sorted(samples, key=lambda x: x["same"])[:3]  # differing answers first
     record = {"prompts": len(conversations), "agreement": round(rate, 4), "prompt_render_equal": True,
               "end_of_turn_ids": stops, "samples": samples}
     needed = 1.0 if quant == "f16" else MIN_AGREEMENT
     if quant not in FLOAT_QUANTS:
         record["largest_activation"] = _largest_activation(merged, tokenizer, template, conversations)
+    why = ""
+    if "largest_activation" in record and rate < 1:
+        big = record["largest_activation"]
+        why = (f"llama.cpp multiplies {quant} weights with activations quantized to 8 bits in blocks of 32, and "
+               f"this model's activations reach {big['value']:.0f} (input of {big['module']}), which that rounding distorts")
+        record["note"] = f"{len(conversations) - agree}/{len(conversations)} answers differ from tunery's: {why}"
+        why = f"; {why}: export at f16 or bf16"
     if rate < needed:
-        why = ""
-        if "largest_activation" in record:
-            big = record["largest_activation"]
-            why = (f"; llama.cpp multiplies {quant} weights with activations quantized to 8 bits in blocks of 32, and "
-                   f"this model's activations reach {big['value']:.0f} (input of {big['module']}), which that rounding ruins:"
-                   " export at f16 or bf16")
         raise TuneryError(f"export verification failed: the {quant} GGUF answers {agree}/{len(conversations)} validation "
                           f"prompts as tunery does (needs {needed:.0%}){why}; nothing was written (--no-verify writes it anyway)")
     return record
