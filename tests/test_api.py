@@ -186,3 +186,32 @@ def test_checkpoints_are_servable_by_name(api, tiny_model, tmp_path):
     assert at_40.json()["choices"][0]["message"]["content"] == final["choices"][0]["message"]["content"]
     assert api.get(f"/v1/models/{run.info.name}:ckpt-step-20", headers=AUTH).status_code == 200
     assert error(api.get(f"/v1/models/{run.info.name}:ckpt-step-7", headers=AUTH), 404)["code"] == "model_not_found"
+
+
+def test_the_llamacpp_engine_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):
+    import sys
+
+    from clirun import one_line_error, tunery_cli
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if the gguf extra were not installed
+    line = one_line_error(tunery_cli("serve", "--engine", "llamacpp", "--no-jobs", home=tmp_path))
+    assert "pip install 'tunery[gguf]'" in line
+    assert "engine" in one_line_error(tunery_cli("serve", "--engine", "vllm", "--no-jobs", home=tmp_path))
+
+
+def test_the_llamacpp_catalog_names_gguf_files_only(tiny_model, tmp_path, monkeypatch):
+    from tunery.errors import ConfigError, ModelNotFound
+
+    monkeypatch.setenv("TUNERY_HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="serves GGUF files"):
+        Catalog({"tiny": str(tiny_model)}, engine="llamacpp").check()
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a gguf")
+    with pytest.raises(ConfigError, match="serves GGUF files"):
+        Catalog({"fake": str(fake)}, engine="llamacpp").check()
+    catalog = Catalog(engine="llamacpp")
+    with pytest.raises(ModelNotFound, match="Q4_1.*f16"):
+        catalog.gguf("default")
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        catalog.gguf(str(fake))
+    assert catalog.names() == [] and Catalog().names() == ["default"]

@@ -142,8 +142,10 @@ def test_gguf_model_stops_at_end_of_turn_and_refuses_long_prompts(lab, home, tmp
     got = model.answer([{"role": "user", "content": "color 9"}], max_tokens=30)
     assert got.finish_reason == "stop" and got.completion_tokens == 4
     cut = model.complete(model.tokenize(model.render([{"role": "user", "content": "color 9"}])), max_tokens=30,
-                         on_text=lambda p: pieces.append(p) or len(pieces) >= 2)
-    assert cut.finish_reason == "length" and "".join(pieces) == cut.text and cut.completion_tokens == 2
+                         on_token=lambda t, p: pieces.append((t, p)) or len(pieces) >= 2)
+    assert cut.finish_reason == "length" and cut.completion_tokens == 2
+    assert "".join(p for _, p in pieces) == cut.text and [t for t, _ in pieces] == cut.token_ids == got.token_ids[:2]
+    assert model.decode(got.token_ids) == got.text == "the color is blue"
     with pytest.raises(TuneryError, match="context of 256"):
         model.answer([{"role": "user", "content": "color " * 300}])
 
@@ -158,3 +160,171 @@ def test_ollama_export_has_a_checked_template_and_the_default_system_prompt(lab,
     assert record["ollama"]["family"] == "chatml" and record["ollama"]["conversations_checked"] >= 3
     assert record["verification"]["agreement"] == 1.0
     assert f"ollama create tiny-d-{lab['run'].info.id[:8]} -f {tmp_path / 'o' / 'Modelfile'}" in out.stdout
+
+
+# -- `tunery serve --engine llamacpp`: the same API, served from GGUF exports ---------------------
+
+KEY = "sk-test"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def exported(lab):
+    """The lab's fine-tune exported at f16 (recorded in the lab's registry), once."""
+    from tunery.export import export
+
+    old = os.environ.get("TUNERY_HOME")
+    os.environ["TUNERY_HOME"] = str(lab["home"])
+    try:
+        record = export(lab["run"].dir, "gguf", lab["root"] / "served", verify=False)
+    finally:
+        os.environ["TUNERY_HOME"] = old if old is not None else os.environ.pop("TUNERY_HOME")
+    return lab["root"] / "served" / record["gguf"]
+
+
+def _client(engine: str, bases: dict | None = None):
+    from fastapi.testclient import TestClient
+
+    from tunery.serve.app import create_app
+    from tunery.serve.catalog import Catalog
+
+    return TestClient(create_app(api_key=KEY, jobs_worker=False, catalog=Catalog(bases, engine=engine)))
+
+
+def _openai(client):
+    import openai
+
+    return openai.OpenAI(base_url=f"{client.base_url}/v1", api_key=KEY, http_client=client, max_retries=0)
+
+
+def _error(r, status: int) -> dict:
+    assert r.status_code == status, r.text
+    return r.json()["error"]
+
+
+def test_llamacpp_engine_answers_as_the_pytorch_engine_does(lab, home, exported):
+    name = lab["run"].info.name
+    question = [{"role": "user", "content": "color 3"}]
+    seen = {}
+    for engine in ("pytorch", "llamacpp"):
+        with _client(engine) as client:
+            api = _openai(client)
+            whole = api.chat.completions.create(model=name, messages=question, temperature=0, max_tokens=20)
+            chunks = list(api.chat.completions.create(model=name, messages=question, temperature=0, max_tokens=20,
+                                                      stream=True, stream_options={"include_usage": True}))
+            streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            cut = api.chat.completions.create(model=name, messages=question, temperature=0, max_tokens=20, stop=[" is"])
+            short = api.chat.completions.create(model=name, messages=question, temperature=0, max_tokens=2, n=2)
+            listed = [m.id for m in api.models.list().data]
+            seen[engine] = (whole.choices[0].message.content, whole.choices[0].finish_reason, whole.usage.model_dump(),
+                            streamed, chunks[-1].usage.model_dump(), [c.choices[0].finish_reason for c in chunks if c.choices][-1],
+                            cut.choices[0].message.content, cut.choices[0].finish_reason,
+                            [(c.message.content, c.finish_reason) for c in short.choices], short.usage.completion_tokens)
+    assert seen["llamacpp"] == seen["pytorch"]
+    text, finish, usage, streamed, stream_usage, stream_finish, cut, cut_finish, short, short_tokens = seen["llamacpp"]
+    assert text == streamed == "the color is blue" and finish == stream_finish == "stop"
+    assert usage == stream_usage and usage["completion_tokens"] == 5  # four words and the end of the turn
+    assert (cut, cut_finish) == ("the color", "stop")
+    assert short == [("the color", "length")] * 2 and short_tokens == 4
+    # /v1/models: what llama.cpp can serve: the exported fine-tune, never the default
+    assert name in listed and "default" not in listed
+
+
+def test_llamacpp_engine_keeps_the_apis_refusals(lab, home, exported, tmp_path):
+    from tunery.registry import recorder
+    from tunery.training import train
+
+    name = lab["run"].info.name
+    fresh = train(dict(model=str(lab["root"] / "tiny"), data=str(write_jsonl(tmp_path / "d.jsonl", rows(8))),
+                       out=str(tmp_path / "run"), method="full", max_steps=1, batch_size=8, val_split=0), progress=False)
+    with _client("llamacpp") as client:
+        assert _error(client.get("/v1/models"), 401)["code"] == "invalid_api_key"
+        chat = lambda model, **kw: client.post("/v1/chat/completions", headers=AUTH, json={  # noqa: E731
+            "model": model, "messages": [{"role": "user", "content": kw.pop("content", "color 3")}]} | kw)
+        assert _error(chat(name, content="color " * 600, max_tokens=1), 400)["param"] == "messages"
+        body = _error(chat(name, max_tokens=500), 400)
+        assert body["param"] == "max_tokens" and "maximum context length is 512 tokens" in body["message"]
+        missing = _error(chat("no-such-model"), 404)
+        for probe in (str(exported), str(lab["run"].dir), "/etc/passwd"):  # exists or not: the same answer
+            assert _error(chat(probe), 404)["message"] == missing["message"].replace("no-such-model", probe)
+        assert "Q4_1" in _error(chat("default"), 404)["message"]
+        no_export = _error(chat(fresh.info.name), 404)
+        assert no_export["code"] == "model_not_found"
+        assert no_export["message"] == (f"The model '{fresh.info.name}' has no GGUF export; run "
+                                        f"`tunery export {fresh.info.name} --format gguf`")
+        assert "checkpoint" in _error(chat(f"{name}:ckpt-step-60"), 404)["message"]
+        # an export whose folder is gone is skipped for the one before it
+        recorder.record_export(fresh.info.id, {"format": "gguf", "quant": "f16", "out": str(tmp_path / "gone"),
+                                               "files": {"model-f16.gguf": "0"}, "created": "2026-01-01T00:00:00"})
+        listed = [m["id"] for m in client.get("/v1/models", headers=AUTH).json()["data"]]
+        assert name in listed and fresh.info.name not in listed
+        assert "has no GGUF export" in _error(chat(fresh.info.name), 404)["message"]
+        # the fine-tuning API still trains from the names training takes (the default included)
+        up = client.post("/v1/files", headers=AUTH, files={"file": ("t.jsonl", (tmp_path / "d.jsonl").read_bytes())},
+                         data={"purpose": "fine-tune"})
+        job = client.post("/v1/fine_tuning/jobs", headers=AUTH, json={"model": "default", "training_file": up.json()["id"]})
+        assert job.status_code == 200 and job.json()["status"] in ("validating_files", "queued"), job.text
+
+
+def test_llamacpp_engine_cancels_closes_and_evicts(lab, exported, tmp_path):
+    import queue
+    import shutil
+    from concurrent.futures import wait
+
+    from tunery.serve.catalog import Catalog
+    from tunery.serve.engine import Cancelled, ChatRequest
+    from tunery.serve.llamacpp_engine import LlamaCppEngine
+
+    shutil.copy(exported, tmp_path / "b.gguf")
+    engine = LlamaCppEngine(Catalog({"a": str(exported), "b": str(tmp_path / "b.gguf")}, engine="llamacpp").gguf,
+                            max_models=1)
+    ask = lambda model, **kw: ChatRequest(model=model, messages=[{"role": "user", "content": "color 5"}], **kw)  # noqa: E731
+
+    class CancelAtFirstToken(queue.Queue):
+        def put(self, item, *args, **kw):
+            super().put(item, *args, **kw)
+            action()
+
+    # files swap in and out of a one-file LRU; every answer is the model's
+    for model in ("a", "b", "a"):
+        assert engine.submit(ask(model)).result(timeout=60).text == "the color is blue"
+    assert list(engine._workers) == [str(exported)]
+    # a request cancelled while it runs stops at the next token; one cancelled in the queue never runs
+    model = engine.tokenizer_for("a")
+    streamed = ask("a", stream=CancelAtFirstToken())
+    action = streamed.cancel
+    waiting = ask("a")
+    with model.lock:  # the worker is held until both are queued
+        engine.submit(streamed)
+        engine.submit(waiting)
+        waiting.cancel()
+    for req in (streamed, waiting):
+        with pytest.raises(Cancelled):
+            req.future.result(timeout=60)
+    assert streamed.stream.get() != [] and streamed.stream.get() is None and streamed.stream.empty()
+    # close() ends the running request at its next token and fails the queued ones
+    running, queued = ask("a", stream=CancelAtFirstToken()), ask("a")
+    action = engine.close
+    with model.lock:
+        engine.submit(running)
+        engine.submit(queued)
+    wait([running.future, queued.future], timeout=60)
+    assert all(isinstance(r.future.exception(), Cancelled) for r in (running, queued))
+    with pytest.raises(Cancelled):
+        engine.submit(ask("a"))
+
+
+def test_serve_engines_bench_quick():
+    """The bench harness, smoke-run (its speed is never asserted)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "serve_engines.py"
+    out = subprocess.run([sys.executable, str(bench), "--quick", "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["same_answers"] == "8/8" and set(r["engines"]) == {"pytorch", "llamacpp"}
+    for e in r["engines"].values():
+        assert e["single_tokens_per_s"] > 0 and e["concurrent_tokens_per_s"] > 0 and e["first_token_ms"] > 0
+    assert r["engines"]["pytorch"]["completion_tokens_single_burst"] == r["engines"]["llamacpp"]["completion_tokens_single_burst"]

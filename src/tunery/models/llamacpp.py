@@ -9,13 +9,16 @@ Invariants:
 - An answer ends at a token llama.cpp itself calls end-of-generation (`llama_vocab_is_eog`), or
   at `max_tokens` ("length"); no stop strings are added here, so a GGUF whose end-of-turn token
   is not end-of-generation runs on, and is caught.
-- Greedy means greedy: temperature 0 and no repetition penalty.
+- Greedy means greedy: temperature 0 and no repetition penalty. Sampling takes the request's
+  seed, or a fresh random one (never the seed an earlier request set).
+- An Answer's `token_ids` are the answer's tokens, the end-of-generation token excluded, and its
+  text is their text (special tokens give none); `on_token` sees each of them as it comes.
 """
 
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TuneryError
@@ -39,10 +42,12 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # stop (an end-of-generation token) | length
+    token_ids: list[int] = field(default_factory=list)  # the answer's tokens, the end-of-generation token excluded
 
 
 class GGUFModel:
-    """One GGUF file in llama.cpp. Not thread-safe by itself: calls are serialised by a lock."""
+    """One GGUF file in llama.cpp. Generation is serialised by a lock; rendering, tokenizing and
+    decoding only read the vocabulary and may run beside it."""
 
     def __init__(self, path: str | Path, *, n_ctx: int = 2048, threads: int | None = None):
         ll = llama_cpp_module()
@@ -63,6 +68,8 @@ class GGUFModel:
         vocab = self.llm._model.vocab
         self.eog_ids = {t for t in range(self.llm.n_vocab()) if ll.llama_vocab_is_eog(vocab, t)}
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        self._random_seed = ll.LLAMA_DEFAULT_SEED  # llama.cpp draws a fresh seed for each sampler
+        self._formatter = None
 
     def close(self) -> None:
         self.llm.close()
@@ -73,10 +80,11 @@ class GGUFModel:
 
         if not self.chat_template:
             raise TuneryError(f"{self.path}: the GGUF carries no chat template (tokenizer.chat_template)")
-        token = lambda i: self.llm.detokenize([i], special=True).decode("utf-8", "replace") if i >= 0 else ""  # noqa: E731
-        formatter = Jinja2ChatFormatter(self.chat_template, eos_token=token(self.llm.token_eos()),
-                                        bos_token=token(self.llm.token_bos()), add_generation_prompt=True)
-        return formatter(messages=messages, tools=tools).prompt
+        if self._formatter is None:  # compiled once; rendering a compiled Jinja template is thread-safe
+            token = lambda i: self.llm.detokenize([i], special=True).decode("utf-8", "replace") if i >= 0 else ""  # noqa: E731
+            self._formatter = Jinja2ChatFormatter(self.chat_template, eos_token=token(self.llm.token_eos()),
+                                                  bos_token=token(self.llm.token_bos()), add_generation_prompt=True)
+        return self._formatter(messages=messages, tools=tools).prompt
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=self.add_bos, special=True)
@@ -87,34 +95,39 @@ class GGUFModel:
                              top_p=top_p, seed=seed)
 
     def complete(self, prompt: list[int], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, on_text=None) -> Answer:
-        """Generate after `prompt` (token ids). `on_text(piece)` is called as text arrives; returning
-        True from it stops generation (finish_reason "length")."""
+                 seed: int | None = None, on_token=None) -> Answer:
+        """Generate after `prompt` (token ids). `on_token(token_id, piece)` is called for each token
+        of the answer as it comes, with the text it adds ("" inside a multi-byte character);
+        returning True from it stops generation (finish_reason "length")."""
         room = self.n_ctx - len(prompt)
         if room <= 0:
             raise TuneryError(f"the prompt has {len(prompt)} tokens; {self.path.name} runs with a context of {self.n_ctx}")
         sampling = temperature > 0
         tokens: list[int] = []
-        text, finish = "", "length"
+        raw, text, finish = b"", "", "length"
         with self.lock:
-            if seed is not None:
-                self.llm.set_seed(seed)
+            self.llm.set_seed(seed if seed is not None else self._random_seed)
             for token in self.llm.generate(prompt, temp=temperature if sampling else 0.0, top_p=top_p if sampling else 1.0,
                                            top_k=0 if sampling else 1, min_p=0.0, repeat_penalty=1.0, reset=True):
                 if token in self.eog_ids:
                     finish = "stop"
                     break
                 tokens.append(token)
+                raw += self.llm.detokenize([token])
                 try:
-                    now = self.llm.detokenize(tokens, prev_tokens=prompt).decode("utf-8")
+                    now = raw.decode("utf-8")
                 except UnicodeDecodeError:  # inside a multi-byte character
                     now = text
                 piece, text = now[len(text):], now
-                if piece and on_text is not None and on_text(piece):
+                if on_token is not None and on_token(token, piece):
                     break
                 if len(tokens) >= min(max_tokens, room):
                     break
-        return Answer(text, len(prompt), len(tokens), finish)
+        return Answer(text, len(prompt), len(tokens), finish, tokens)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """The text of token ids, as a transformers tokenizer's `decode` gives it (for IncrementalText)."""
+        return self.llm.detokenize(list(ids), special=not skip_special_tokens).decode("utf-8", "replace")
 
 
 def _trained_context(path: Path) -> int | None:

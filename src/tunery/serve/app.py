@@ -2,7 +2,9 @@
 
 The outermost layer (Guard) checks the API key, and an upload's declared size, before any body is
 read. Models are named through the Catalog (catalog.py): the default, configured bases and
-registered fine-tunes, never a path. A chat request is checked against the model's context when
+registered fine-tunes, never a path. The engine is tunery's own (engine.py) or llama.cpp's on GGUF
+files (llamacpp_engine.py); routes only call its `resolve`, `submit`, `tokenizer_for` and
+`close`, so both serve the same API. A chat request is checked against the model's context when
 it is submitted; a client that disconnects cancels its generation; shutdown stops generation at
 the next token.
 """
@@ -49,6 +51,10 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
     # The generated docs describe every route: behind a key, they stay behind it (off).
     docs = {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="tunery", version="0.1.0", lifespan=lifespan, **docs)
+    if engine is None and catalog.engine == "llamacpp":
+        from .llamacpp_engine import LlamaCppEngine
+
+        engine = LlamaCppEngine(resolver=catalog.gguf)
     app.state.engine = engine or Engine(resolver=catalog.resolve)
     app.state.catalog = catalog
     errors.install(app)

@@ -26,23 +26,38 @@ def serve(
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", min=1, help="Largest file accepted by POST /v1/files"),
     jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="Run fine-tuning jobs in a worker process"),
     base: list[str] = typer.Option([], "--base", help="A base model clients may name: NAME=REF (any model "
-                                   "reference) or REF; repeatable. `default` and registered fine-tunes are always servable"),
+                                   "reference; a .gguf file for --engine llamacpp) or REF; repeatable. Registered "
+                                   "fine-tunes are always servable (with llamacpp: through their GGUF export)"),
+    engine: str = typer.Option("pytorch", "--engine", help="pytorch: tunery's own engine (runs, LoRA adapters, "
+                               "batching); llamacpp: llama.cpp on GGUF files (the `tunery[gguf]` extra)"),
+    max_models: int = typer.Option(2, "--max-models", min=1, help="GGUF files kept loaded (--engine llamacpp)"),
 ):
     """Serve models through an OpenAI-compatible API."""
     if not is_loopback(host) and not api_key:
         raise ConfigError(f"host: refusing to bind {host} (reachable from other machines) without --api-key")
     from .catalog import Catalog, parse_bases
 
-    catalog = Catalog(parse_bases(base))
+    catalog = Catalog(parse_bases(base), engine=engine)
+    if engine == "llamacpp":
+        from ..models.llamacpp import llama_cpp_module
+
+        llama_cpp_module()  # without the extra: its one-line error, before anything else
     catalog.check()
     _check_port_free(host, port)
     import uvicorn
 
     from .app import create_app
-    from .engine import Engine
 
-    app = create_app(Engine(max_adapters=max_adapters, resolver=catalog.resolve), api_key=api_key, jobs_worker=jobs,
-                     max_upload_bytes=max_upload_mb * 2**20, catalog=catalog)
+    if engine == "llamacpp":
+        from .llamacpp_engine import LlamaCppEngine
+
+        served = LlamaCppEngine(resolver=catalog.gguf, max_models=max_models)
+    else:
+        from .engine import Engine
+
+        served = Engine(max_adapters=max_adapters, resolver=catalog.resolve)
+    app = create_app(served, api_key=api_key, jobs_worker=jobs, max_upload_bytes=max_upload_mb * 2**20,
+                     catalog=catalog)
     # On SIGTERM / Ctrl-C: stop taking requests, give those in flight a few seconds, then stop
     # generation at the next token (the lifespan's engine.close()).
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

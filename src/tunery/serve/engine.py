@@ -110,11 +110,7 @@ class Engine:
         p = self._prompting_for(resolved)
         text = p.template.render(req.messages, None, add_generation_prompt=True)
         req.prompt_ids = p.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(req.prompt_ids) + req.max_tokens > p.context:
-            raise ConfigError(f"This model's maximum context length is {p.context} tokens; the messages take "
-                              f"{len(req.prompt_ids)} and max_tokens asks for {req.max_tokens} more. Shorten the "
-                              "messages or lower max_tokens.", "messages" if len(req.prompt_ids) >= p.context
-                              else "max_tokens")
+        check_context(len(req.prompt_ids), req.max_tokens, p.context)
         with self._cv:
             if self._closed:
                 raise Cancelled("the server is shutting down")
@@ -305,6 +301,15 @@ class Engine:
         else:
             base.model = PeftModel.from_pretrained(base.model, str(resolved.adapter), adapter_name=name).eval()
         return name
+
+
+def check_context(prompt_tokens: int, max_tokens: int, context: int) -> None:
+    """The prompt plus `max_tokens` within the model's context, else a ConfigError (an HTTP 400)
+    naming the field to change."""
+    if prompt_tokens + max_tokens > context:
+        raise ConfigError(f"This model's maximum context length is {context} tokens; the messages take "
+                          f"{prompt_tokens} and max_tokens asks for {max_tokens} more. Shorten the "
+                          "messages or lower max_tokens.", "messages" if prompt_tokens >= context else "max_tokens")
 
 
 def _context_length(resolved: ResolvedModel, tokenizer) -> int:
