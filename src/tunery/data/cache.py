@@ -1,5 +1,5 @@
-"""Encoded examples on disk, memory-mapped: a data file is tokenised once, and every later run with
-the same inputs reads its examples lazily instead of encoding them again.
+"""Encoded examples on disk: a data file is tokenised once, and every later run with the same
+inputs reads its examples lazily from flat files instead of encoding them again.
 
 A cache is a folder TUNERY_HOME/data-cache/<key>/:
   tokens.bin     every kept example's input_ids back to back (uint16, or uint32 for vocabularies over 65,536)
@@ -20,26 +20,28 @@ Invariants:
   wins and the others discard their copy and use it;
 - a cache is used only when every file's size and sha256 match its manifest; one that does not is
   moved aside and rebuilt, with a warning, never read;
-- building holds one chunk of examples (FLUSH_TOKENS) at a time; reading maps the files and builds
-  an Example only when it is indexed, re-mapping every REMAP_EVERY examples so the pages already
-  read leave the process's resident memory.
+- building holds one chunk of examples (FLUSH_TOKENS) at a time; reading builds an Example only
+  when it is indexed, from its own bytes (`_Files`), so memory does not grow with the file.
 
-Why flat numpy memmaps rather than Arrow (`datasets`): the layout is what Arrow's list<int> column is
-(values plus offsets), without a dependency beyond numpy, without the `datasets` import (seconds),
-with O(1) random access to example i (two offsets, two slices), and files whose expected sizes
-follow from two counts, which makes a truncated cache easy to detect.
+Why flat files read with numpy rather than Arrow (`datasets`): the layout is what Arrow's list<int>
+column is (values plus offsets), without a dependency beyond numpy, without the `datasets` import
+(seconds), with O(1) random access to example i (two offsets, two slices), and files whose expected
+sizes follow from two counts, which makes a truncated cache easy to detect.
 """
 
 import errno
 import hashlib
 import json
+import mmap
 import os
 import shutil
+import struct
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DataError
 from ..files import file_digest, temp_dir, write_json_atomic
 from ..home import tunery_home
 from .dataset import Example, scan_file
@@ -48,10 +50,9 @@ from .render import Renderer
 VERSION = 1
 FILES = ("tokens.bin", "mask.bin", "offsets.bin", "lines.bin")
 FLUSH_TOKENS = 1 << 20  # tokens buffered while building before they are written out
-REMAP_EVERY = 1024  # examples read through one mapping; then it is dropped, and its pages with it
 
 
-class DamagedCache(Exception):
+class DamagedCache(DataError):
     """A cache folder whose files do not match its manifest."""
 
 
@@ -275,40 +276,55 @@ def _verified(folder: Path) -> dict:
 
 
 class _Files:
-    """The four files of one cache, open, and mapped read-only. The file objects outlive the folder's
-    name (a private cache is deleted at once; a damaged one may be discarded by another process)."""
+    """The four files of one cache, open. The descriptors outlive the folder's name (a private cache
+    is deleted at once; a damaged one may be discarded by another process).
+
+    One example is read with four `pread`s (offsets, line, tokens, mask: a few hundred bytes). Not
+    through a mapping: on this kernel (6.x, large folios in the page cache) a fault on a shared file
+    mapping maps whole folios, so reading examples in shuffled order through np.memmap made about
+    0.4 MB resident per example, and the process's RSS grew to the cache's size whatever how often it
+    was re-mapped (measured; bench/README.md). pread copies just the bytes asked for; the page
+    cache still holds the file once for every process (DDP ranks) reading it. Whole columns
+    (`lengths`, `lines`) are read through a memory map, once, when asked.
+    """
 
     def __init__(self, folder: Path, manifest: dict, published: bool):
-        self.folder = folder if published else None  # a published cache can be reopened by name
-        self.n, self.total, self.dtype = manifest["examples"], manifest["tokens"], manifest["dtype"]
-        self.handles = {name: open(folder / name, "rb") for name in FILES}
-        self._map()
-
-    def _map(self) -> None:
         import numpy as np
 
-        def mapped(name, dtype, count):
-            if count == 0:  # an empty file cannot be mapped
-                return np.zeros(0, dtype)
-            return np.memmap(self.handles[name], dtype=dtype, mode="r", shape=(count,))
+        self.folder = folder if published else None  # a published cache can be reopened by name
+        self.n, self.total = manifest["examples"], manifest["tokens"]
+        self.dtype = np.dtype(manifest["dtype"])
+        self.fds = {}
+        for name in FILES:
+            self.fds[name] = os.open(folder / name, os.O_RDONLY)
 
-        self.tokens = mapped("tokens.bin", self.dtype, self.total)
-        self.mask = mapped("mask.bin", "u1", self.total)
-        self.offsets = mapped("offsets.bin", "<i8", self.n + 1)
-        self.lines = mapped("lines.bin", "<i8", self.n)
-        self.reads = 0
+    def _pread(self, name: str, size: int, at: int) -> bytes:
+        data = os.pread(self.fds[name], size, at)
+        if len(data) != size:
+            raise DamagedCache(f"data cache {self.folder or '(private)'}: {name} is shorter than its manifest says; "
+                               "it changed after it was checked: run again to rebuild it")
+        return data
 
     def example(self, j: int) -> Example:
-        a, b = int(self.offsets[j]), int(self.offsets[j + 1])
-        example = Example(int(self.lines[j]), self.tokens[a:b].tolist(), self.mask[a:b].tolist())
-        self.reads += 1
-        if self.reads >= REMAP_EVERY:  # nothing refers to the old mapping: unmapping drops its pages
-            self._map()
-        return example
+        import numpy as np
+
+        a, b = struct.unpack("<qq", self._pread("offsets.bin", 16, 8 * j))
+        (line,) = struct.unpack("<q", self._pread("lines.bin", 8, 8 * j))
+        size = self.dtype.itemsize
+        ids = np.frombuffer(self._pread("tokens.bin", (b - a) * size, a * size), self.dtype).tolist()
+        return Example(line, ids, list(self._pread("mask.bin", b - a, a)))
+
+    def column(self, name: str, count: int):
+        """A whole int64 file, memory-mapped read-only (offsets, lines)."""
+        import numpy as np
+
+        if count == 0:  # an empty file cannot be mapped
+            return np.zeros(0, "<i8")
+        return np.frombuffer(mmap.mmap(self.fds[name], 0, access=mmap.ACCESS_READ), "<i8", count=count)
 
     def __del__(self):
-        for f in getattr(self, "handles", {}).values():
-            f.close()
+        for fd in getattr(self, "fds", {}).values():
+            os.close(fd)
 
 
 class CachedExamples(Sequence):
@@ -349,7 +365,7 @@ class CachedExamples(Sequence):
         """Tokens per example (numpy), without reading any token."""
         import numpy as np
 
-        offsets = np.asarray(self._files.offsets)
+        offsets = self._files.column("offsets.bin", self._files.n + 1)
         if self._positions is None:
             return np.diff(offsets)
         return offsets[self._positions + 1] - offsets[self._positions]
@@ -359,8 +375,8 @@ class CachedExamples(Sequence):
         """The source line of each example (numpy)."""
         import numpy as np
 
-        lines = np.asarray(self._files.lines)
-        return lines.copy() if self._positions is None else lines[self._positions]
+        lines = self._files.column("lines.bin", self._files.n)
+        return np.array(lines) if self._positions is None else lines[self._positions]
 
     def __reduce__(self):
         """Pickled (a worker process) by name, never by content; a private set cannot be."""

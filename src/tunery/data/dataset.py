@@ -160,7 +160,7 @@ class _Duplicates:
     records) is sorted alone: every copy after the first is reported with the first one's line.
     """
 
-    SPILL_BYTES = 16 * 2**20
+    SPILL_BYTES = 4 * 2**20  # about 175,000 examples
     BUCKETS = 256
 
     def __init__(self):
