@@ -128,7 +128,7 @@ def _tunery(side, meta, folder, args, train_rows, val_rows) -> dict:
                       eval_every=None, save_every=None, max_length=args.max_length, share_prefix=side == "tunery")
     from tunery.run_folder import DataRecord
 
-    loop.load_data = lambda cfg, tok: (train_rows, [], DataRecord(file="(prepared)", sha256="-", examples=len(train_rows),
+    loop.load_data = lambda cfg, tok, **_: (train_rows, [], DataRecord(file="(prepared)", sha256="-", examples=len(train_rows),
                                                                   used=len(train_rows), format="chat"), None)
     # The prepared rows are already in step order: make epoch 0's order the identity.
     loop.step_groups = lambda ex, seed, epoch, bs, ga, *_: (

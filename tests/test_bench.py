@@ -38,3 +38,13 @@ def test_retrieval_quick():
     r = _run("retrieval.py")
     assert r["chunks"] > 0 and r["build_chunks_per_s"] > 0 and r["rebuild_one_changed_embedded"] < r["chunks"]
     assert set(r["query_ms"]) == {"hybrid", "bm25", "dense"} and r["recall_at_5"]["hybrid"] > 0.5
+
+
+def test_data_scale_quick():
+    r = _run("data_scale.py")
+    assert [s["rows"] for s in r["sizes"]] == [2_000, 20_000]
+    for s in r["sizes"]:
+        assert (s["build"]["hit"], s["load"]["hit"]) == (False, True)
+        assert s["build"]["examples"] == s["load"]["examples"] == s["check"]["good"] == s["rows"]
+        assert s["load"]["seconds"] < s["build"]["seconds"]
+        assert s["train"]["tokens_per_s"] > 0 and s["train"]["epoch_tokens"] == s["build"]["tokens"]

@@ -319,5 +319,36 @@ def test_tokenizer_batches_are_bounded_by_text_size(tmp_path, tiny_tokenizer, mo
     assert sum(batches, []) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert [(e.line, e.input_ids, e.loss_mask) for e in bounded.kept] == [(e.line, e.input_ids, e.loss_mask)
                                                                          for e in whole.kept]
-    assert (bounded.errors, bounded.warnings, bounded.lengths) == (whole.errors, whole.warnings, whole.lengths)
+    assert (bounded.errors, bounded.warnings, bounded.length_counts) == (whole.errors, whole.warnings, whole.length_counts)
     assert [(w.line, w.code) for w in whole.warnings] == [(7, "too_long"), (9, "duplicate")]
+
+
+# -- bounded memory: what a scan keeps does not grow with the file ----------------------------
+
+def test_issue_lists_are_bounded_and_counts_exact(tmp_path, tiny_tokenizer, monkeypatch):
+    from tunery.data import dataset
+
+    monkeypatch.setattr(dataset, "MAX_LISTED", 3)
+    rows = ["{bad"] * 4 + [ok_row(1)] * 5 + [{"messages": [u("x")]}] * 4  # 8 errors, 4 duplicates
+    report = check(write_jsonl(tmp_path / "d.jsonl", rows[::-1]), tiny_tokenizer)  # errors last and first
+    assert report["error_count"] == 8 and report["stats"]["bad"] == 8
+    assert report["warning_count"] == 4 and report["stats"]["duplicates"] == 4
+    assert issues(report) == [(1, "no_assistant"), (2, "no_assistant"), (3, "no_assistant")]  # the lowest lines
+    assert [w["line"] for w in report["warnings"]] == [6, 7, 8]
+    assert report["examples"] == 13 and report["good"] == 5
+
+
+def test_duplicates_spilled_to_files_are_the_same(tmp_path, tiny_tokenizer, monkeypatch):
+    from tunery.data import dataset
+
+    rows = [ok_row(i % 7) for i in range(40)] + [ok_row(100), ok_row(3)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    in_memory = check(path, tiny_tokenizer)["warnings"]
+    spilled = []
+    spill = dataset._Duplicates._spill
+    monkeypatch.setattr(dataset._Duplicates, "SPILL_BYTES", 24 * 5)  # five records, then a spill
+    monkeypatch.setattr(dataset._Duplicates, "_spill", lambda self: spilled.append(1) or spill(self))
+    assert check(path, tiny_tokenizer)["warnings"] == in_memory
+    assert len(spilled) >= 8
+    assert len(in_memory) == 34 and in_memory[0] == {"line": 8, "code": "duplicate", "message": "exact duplicate of line 1"}
+    assert in_memory[-1]["message"] == "exact duplicate of line 4"  # line 42 repeats ok_row(3), first on line 4

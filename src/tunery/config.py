@@ -103,6 +103,9 @@ class TrainConfig(DataConfig):
         None, pattern=r"^[A-Za-z0-9._-]{1,40}$",
         description="Part of the registry name ft:<base>:<suffix>:<id>; default: the data file's name")
     derived_from: str | None = Field(None, description="Registry id of the model this run re-trains (set by tunery retrain)")
+    data_cache: bool = Field(
+        True, description="Keep the encoded data in a memory-mapped cache under TUNERY_HOME, reused while the file, "
+        "tokenizer, template and length settings are unchanged (off: encode afresh each run)")
 
     def resolve(self, n_examples: int, n_val: int, *, precision: Literal["fp32", "bf16"], format: str) -> "TrainConfig":
         """This recipe with every auto value replaced by what a run on `n_examples` training (and

@@ -22,8 +22,7 @@ def atomic_dir(dest: Path):
     """Yield a temporary folder next to `dest`; on success rename it into place."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
-    os.chmod(tmp, 0o755 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
+    tmp = temp_dir(dest.parent, f".tmp-{dest.name}-")
     try:
         yield tmp
         if dest.exists():
@@ -32,6 +31,14 @@ def atomic_dir(dest: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A new empty folder in `parent`, to be renamed into place once complete: an ordinary folder
+    (mkdtemp makes 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o755 & ~_umask())
+    return tmp
 
 
 def write_text_atomic(path: Path, text: str) -> None:

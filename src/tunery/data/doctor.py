@@ -2,18 +2,15 @@
 any compute is spent."""
 
 import itertools
-import statistics
+from collections import Counter
 from pathlib import Path
 
 from ..config import DataConfig, suggest_epochs
 from ..errors import DataError
-from .dataset import Scan, scan_file
+from .dataset import MAX_LISTED, Scan, scan_file
 from .formats import Invalid, normalise, rows_with_format
 from .render import Renderer
 from .template import load_template
-
-MAX_LISTED = 10_000  # issues kept in a report; the counts stay exact beyond it
-
 
 def make_renderer(tokenizer, cfg: DataConfig) -> Renderer:
     return Renderer(tokenizer, load_template(tokenizer, cfg.template), cfg.mask)
@@ -39,7 +36,7 @@ def check_dataset(path: str | Path, cfg: DataConfig | None = None, tokenizer=Non
 
 
 def report_from_scan(scan: Scan, cfg: DataConfig) -> dict:
-    lengths = sorted(scan.lengths)
+    lengths = sorted(scan.length_counts.items())  # (tokens, examples), shortest first
     stats = {
         "file": str(scan.path),
         "format": scan.format,
@@ -47,10 +44,10 @@ def report_from_scan(scan: Scan, cfg: DataConfig) -> dict:
         "mask": cfg.mask,
         "max_length": cfg.max_length,
         "overlong": cfg.overlong,
-        "bad": len({e.line for e in scan.errors}),
+        "bad": scan.bad,
         "dropped": scan.dropped,
         "truncated": scan.truncated,
-        "duplicates": sum(1 for w in scan.warnings if w.code == "duplicate"),
+        "duplicates": scan.duplicates,
         "tokens_per_example": _summary(lengths),
         "histogram": _histogram(lengths),
         "trainable_tokens": scan.trained_tokens,
@@ -63,29 +60,40 @@ def report_from_scan(scan: Scan, cfg: DataConfig) -> dict:
         "good": scan.n_kept,
         "errors": [e.as_dict() for e in scan.errors[:MAX_LISTED]],
         "warnings": [w.as_dict() for w in scan.warnings[:MAX_LISTED]],
-        "error_count": len(scan.errors),
-        "warning_count": len(scan.warnings),
+        "error_count": scan.error_count,
+        "warning_count": scan.warning_count,
         "stats": stats,
     }
 
 
-def _summary(lengths: list[int]) -> dict:
-    if not lengths:
+def _summary(lengths: list[tuple[int, int]]) -> dict:
+    """min, median, p95 (nearest rank), max and mean of lengths given as sorted (length, count) pairs."""
+    n = sum(c for _, c in lengths)
+    if not n:
         return {"min": 0, "median": 0, "p95": 0, "max": 0, "mean": 0}
-    p95 = lengths[min(len(lengths) - 1, int(round(0.95 * (len(lengths) - 1))))]
-    return {"min": lengths[0], "median": statistics.median(lengths), "p95": p95, "max": lengths[-1],
-            "mean": round(sum(lengths) / len(lengths), 1)}
+
+    def nth(k: int) -> int:  # the k-th (0-based) of the sorted lengths
+        for length, count in lengths:
+            if k < count:
+                return length
+            k -= count
+        raise IndexError(k)
+
+    median = nth(n // 2) if n % 2 else (nth(n // 2 - 1) + nth(n // 2)) / 2
+    return {"min": lengths[0][0], "median": median, "p95": nth(min(n - 1, int(round(0.95 * (n - 1))))),
+            "max": lengths[-1][0], "mean": round(sum(length * c for length, c in lengths) / n, 1)}
 
 
-def _histogram(lengths: list[int], bins: int = 10) -> list[dict]:
+def _histogram(lengths: list[tuple[int, int]], bins: int = 10) -> list[dict]:
     if not lengths:
         return []
-    lo, hi = lengths[0], lengths[-1]
+    lo, hi = lengths[0][0], lengths[-1][0]
     width = max(1, -(-(hi - lo + 1) // bins))
-    counts = [0] * bins
-    for n in lengths:
-        counts[min(bins - 1, (n - lo) // width)] += 1
-    return [{"lo": lo + i * width, "hi": lo + (i + 1) * width - 1, "count": c} for i, c in enumerate(counts) if c or i * width + lo <= hi]
+    counts = Counter()
+    for n, c in lengths:
+        counts[min(bins - 1, (n - lo) // width)] += c
+    return [{"lo": lo + i * width, "hi": lo + (i + 1) * width - 1, "count": counts[i]} for i in range(bins)
+            if counts[i] or i * width + lo <= hi]
 
 
 def render_example(path: str | Path, k: int, cfg: DataConfig, tokenizer=None) -> tuple[int, list[tuple[str, bool]]]:

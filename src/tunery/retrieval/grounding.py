@@ -15,7 +15,7 @@ retrieved chunk. `summary()` gives the hit rate the data doctor reports.
 import hashlib
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .layout import LAYOUT, query_of, with_context
 
@@ -31,9 +31,9 @@ class Grounding:
     distractors: float = 0.0
     seed: int = 42
     unknown: str | None = None
-    hits: list[int] = field(default_factory=list)  # lines whose context holds the answer
-    misses: list[int] = field(default_factory=list)
-    distracted: list[int] = field(default_factory=list)
+    hits: int = 0  # examples whose context holds the answer (counts: a large file's scan stays bounded)
+    misses: int = 0
+    distracted: int = 0
 
     def is_distractor(self, line: int) -> bool:
         if self.distractors <= 0:
@@ -58,23 +58,23 @@ class Grounding:
         warning = None
         if distractor:
             found = [h for h in found if h not in holds][-self.k:]
-            self.distracted.append(conv.line)
+            self.distracted += 1
             tail = msgs[last:] if self.unknown is None else [dict(msgs[last], content=self.unknown), *msgs[last + 1:]]
         else:
             found = found[: self.k]
             tail = msgs[last:]
             if any(h in found for h in holds):
-                self.hits.append(conv.line)
+                self.hits += 1
             else:
-                self.misses.append(conv.line)
+                self.misses += 1
                 warning = ("retrieval_miss", f"none of the top {self.k} chunks for this question holds its answer")
         conv = type(conv)(**{**conv.__dict__, "messages": with_context(head, found) + tail})
         return conv, warning
 
     def summary(self) -> dict:
-        checked = len(self.hits) + len(self.misses)
-        return {"layout": LAYOUT, "k": self.k, "distractors": len(self.distracted), "checked": checked,
-                "hit_rate": round(len(self.hits) / checked, 4) if checked else None}
+        checked = self.hits + self.misses
+        return {"layout": LAYOUT, "k": self.k, "distractors": self.distracted, "checked": checked,
+                "hit_rate": round(self.hits / checked, 4) if checked else None}
 
     def record(self) -> dict:
         """What a run records of its grounding (run.json and the registry: the lineage of its facts)."""

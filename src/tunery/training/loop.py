@@ -19,7 +19,7 @@ import functools
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +94,8 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
     metric_key = _check_eval_metric(cfg)
     base = resolve_model(cfg.model)
     tokenizer = load_tokenizer(base)
-    train_set, val_set, data, val = load_data(cfg, tokenizer)
     warn = _warner(say)
+    train_set, val_set, data, val = load_data(cfg, tokenizer, warn=warn)
     for note in data.warnings or []:
         warn(note)
     folder = RunFolder(cfg.out) if cfg.out else RunFolder.default(cfg.data, cfg.method)
@@ -309,10 +309,13 @@ def evaluate(loss_fn, examples, batch_size, batch_of, autocast) -> float:
     return total / max(count, 1)
 
 
-def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, DataRecord, DataRecord | None]:
+def load_data(cfg: TrainConfig, tokenizer, warn=None) -> tuple[Sequence, Sequence, DataRecord, DataRecord | None]:
     """Check and encode the training (and validation) data; any error stops here, before compute.
-    Returns (train examples, validation examples, their records for run.json)."""
-    from ..data import scan_file, split_examples
+    Returns (train examples, validation examples, their records for run.json). The examples are
+    lazy sequences over the memory-mapped data cache (data/cache.py): encoded once per file,
+    tokenizer, template and length settings, read an example at a time."""
+    from ..data import split_examples
+    from ..data.cache import encode_cached
     from ..data.doctor import make_renderer
 
     renderer = make_renderer(tokenizer, cfg)
@@ -322,27 +325,25 @@ def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, DataRecord, Data
 
         ground, val_ground = grounding_for(cfg), grounding_for(cfg, distractors=False)
 
-    def scan(path, ground=None):
-        s = scan_file(path, renderer, max_length=cfg.max_length, overlong=cfg.overlong, fmt=cfg.format, keep=True,
-                      ground=ground)
-        s.raise_if_errors()
-        if not s.kept:
-            raise TuneryError(f"{path}: no usable examples (all dropped as longer than max_length {cfg.max_length})")
-        return s
+    def encode(path, ground=None):
+        enc = encode_cached(path, renderer, max_length=cfg.max_length, overlong=cfg.overlong, fmt=cfg.format,
+                            ground=ground, cache=cfg.data_cache)
+        if enc.warning and warn:
+            warn(enc.warning)
+        return enc
 
-    train_scan = scan(cfg.data, ground)
-    train_set, val_set, val = train_scan.kept, [], None
+    train_enc = encode(cfg.data, ground)
+    train_set, val_set, val = train_enc.examples, [], None
     # Whole-file warnings (the template's end-of-turn marker against the tokenizer) travel with the run.
-    notes = [f"{w.code}: {w.message}" for w in train_scan.warnings if w.line == 0]
-    data = DataRecord.of_file(cfg.data, train_scan.examples, len(train_scan.kept), format=train_scan.format,
-                              warnings=notes or None, retrieval=ground.record() if ground else None)
+    data = DataRecord.of_file(cfg.data, train_enc.rows, len(train_set), format=train_enc.format,
+                              warnings=train_enc.notes or None, retrieval=ground.record() if ground else None)
     if cfg.val_data:
-        val_scan = scan(cfg.val_data, val_ground)
-        val_set = val_scan.kept
-        val = DataRecord.of_file(cfg.val_data, val_scan.examples, len(val_set))
+        val_enc = encode(cfg.val_data, val_ground)
+        val_set = val_enc.examples
+        val = DataRecord.of_file(cfg.val_data, val_enc.rows, len(val_set))
     elif cfg.val_split > 0:
         train_set, val_set = split_examples(train_set, cfg.val_split, cfg.seed)
-        val = DataRecord(split=cfg.val_split, used=len(val_set), lines=[e.line for e in val_set])
+        val = DataRecord(split=cfg.val_split, used=len(val_set), lines=val_set.lines.tolist())
         data.used = len(train_set)
     return train_set, val_set, data, val
 
