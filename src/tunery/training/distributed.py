@@ -1,0 +1,107 @@
+"""The processes training one model together (torch.distributed, set up by accelerate), and what
+makes N of them give the update one process would:
+
+  - every process builds the same optimizer steps (batches.step_groups: the seeded order and
+    length grouping do not depend on N) and takes its own shard of each micro-batch (`shard`:
+    every N-th example, so no example twice and none lost)
+  - the summed token loss is divided by the trained tokens of the whole step, counted across
+    processes (`sum`), and multiplied by N (`grad_scale`), because DDP and FSDP average gradients
+    over processes: the average of N times each shard's share is the one-process gradient
+  - a process whose shard of a micro-batch is empty still runs one example at weight 0: every
+    process must join every collective (DDP's gradient all-reduce, FSDP's all-gathers)
+  - rank 0 alone writes the run folder, the registry and the terminal; an error any process finds
+    while setting up stops them all (`agreeing`), and rank 0 names it
+
+One process is a World of size 1, whose operations cost nothing.
+"""
+
+import contextlib
+
+from .control import error_from, error_report
+
+
+class World:
+    def __init__(self, accelerator=None):
+        self.accelerator = accelerator
+        self.size = accelerator.num_processes if accelerator else 1
+        self.rank = accelerator.process_index if accelerator else 0
+        self.device = accelerator.device if accelerator else None
+
+    @classmethod
+    def join(cls, device: str) -> "World":
+        """This process's world: itself alone, or its place among the processes a launcher started
+        (accelerate launch, torchrun, `tunery train --nproc`). Gloo on CPU, NCCL on GPUs."""
+        from accelerate import Accelerator
+
+        return cls(Accelerator(cpu=device == "cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def grad_scale(self) -> int:
+        """DDP and FSDP average gradients over processes; the loss is scaled up so they sum."""
+        return self.size
+
+    def shard(self, examples: list) -> list:
+        """This process's examples of a micro-batch: every size-th one from its rank on."""
+        return examples[self.rank:: self.size]
+
+    # -- collectives: every process calls each one, in the same order ---------------------------
+    def sum(self, *values: float) -> list[float]:
+        """Each value summed over the processes."""
+        if self.size == 1:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def broadcast(self, obj):
+        """Rank 0's `obj`, on every process."""
+        if self.size == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        """Every process's `obj`, by rank, on every process."""
+        if self.size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def no_sync(self, module, sync: bool):
+        """Gradients reduced across processes only when `sync` (the step's last micro-batch)."""
+        if sync or self.size == 1:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(module)
+
+    @contextlib.contextmanager
+    def agreeing(self):
+        """Around work that may fail on some processes and not others (reading files, rank 0's
+        checks of the run folder): if any process failed, every process raises, the one that failed
+        its own error and the others the first failure's message, so rank 0 can name it. The work
+        inside must not itself call a collective."""
+        failure = None
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - shared with the other processes, then raised
+            failure = exc
+        if self.size > 1:
+            reports = self.gather(None if failure is None else error_report(failure))
+            first = next((r for r in reports if r is not None), None)
+            if failure is None and first is not None:
+                raise error_from(first)
+        if failure is not None:
+            raise failure
+
