@@ -16,6 +16,7 @@ One process is a World of size 1, whose operations cost nothing.
 """
 
 import contextlib
+import gc
 
 from .control import error_from, error_report
 
@@ -28,12 +29,26 @@ class World:
         self.device = accelerator.device if accelerator else None
 
     @classmethod
-    def join(cls, device: str) -> "World":
-        """This process's world: itself alone, or its place among the processes a launcher started
-        (accelerate launch, torchrun, `tunery train --nproc`). Gloo on CPU, NCCL on GPUs."""
+    @contextlib.contextmanager
+    def joined(cls):
+        """This process's world for one run: itself alone, or its place among the processes a
+        launcher started (accelerate launch, torchrun, `tunery train --nproc`), over gloo on CPU
+        and NCCL on GPUs. A world of several is left at the end: a process group left to the
+        interpreter's teardown can abort it ("terminate called without an active exception")."""
+        import torch
         from accelerate import Accelerator
 
-        return cls(Accelerator(cpu=device == "cpu"))
+        world = cls(Accelerator(cpu=not torch.cuda.is_available()))
+        try:
+            yield world
+        finally:
+            if world.size > 1:
+                from accelerate.state import AcceleratorState
+
+                AcceleratorState._reset_state(reset_partial_state=True)  # a later run joins afresh
+                if torch.distributed.is_initialized():
+                    torch.distributed.destroy_process_group()
+                gc.collect()  # its last references (in a traceback's frames): its threads stop now
 
     @property
     def main(self) -> bool:

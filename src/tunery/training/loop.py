@@ -68,11 +68,12 @@ def train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep |
     if launch.wanted(cfg):  # --nproc N: start N processes, each of which runs this function
         folder = launch.run(cfg, progress, on_step)
         return Run(folder.path, folder.read_config(), folder.read_info(), folder.read_metrics())
-    with registry.tracking(interrupted=(KeyboardInterrupt, TrainingStopped)):
-        return _train(cfg, progress, on_step)
+    with registry.tracking(interrupted=(KeyboardInterrupt, TrainingStopped)), World.joined() as world:
+        return _train(cfg, world, progress, on_step)
 
 
-def _train(cfg: TrainConfig, progress: bool = True, on_step: OnStep | None = None) -> Run:
+def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnStep | None = None) -> Run:
+    """`world`: this process alone, or its rank among the processes a launcher started."""
     import torch
 
     # 1) resolve inputs -------------------------------------------------------------------------
@@ -80,7 +81,6 @@ def _train(cfg: TrainConfig, progress: bool = True, on_step: OnStep | None = Non
     device, dtype = device_and_dtype(cfg)
     if device == "cpu":
         keep_freed_memory()
-    world = World.join(device)  # this process alone, or its rank among those a launcher started
     say = _printer(progress and world.main)
     warn = _warner(say)
     resume_from, candidates, skipped = None, iter(()), []
