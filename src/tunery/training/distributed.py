@@ -21,6 +21,12 @@ import gc
 from .control import error_from, error_report
 
 
+def shard(examples: list, rank: int, size: int) -> list:
+    """Process `rank`'s examples of a micro-batch: every size-th one from its rank on. A micro-batch
+    is sorted by length (batches.py), so each process gets a like share of its tokens."""
+    return examples[rank::size]
+
+
 class World:
     def __init__(self, accelerator=None):
         self.accelerator = accelerator
@@ -60,8 +66,7 @@ class World:
         return self.size
 
     def shard(self, examples: list) -> list:
-        """This process's examples of a micro-batch: every size-th one from its rank on."""
-        return examples[self.rank:: self.size]
+        return shard(examples, self.rank, self.size)
 
     # -- collectives: every process calls each one, in the same order ---------------------------
     def sum(self, *values: float) -> list[float]:
