@@ -248,3 +248,24 @@ def test_an_error_in_any_process_stops_them_all_with_one_line(tiny_model, toy, t
                          capture_output=True, text=True, timeout=90)
     assert "exists and is not empty" in one_line_error(out) and out.returncode == 2
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.process
+def test_on_step_steers_the_processes_it_started(tiny_model, toy, tmp_path):
+    """The Python API's `on_step` (the jobs worker's hook) sees every step's row from the
+    launching process; a pause it asks for reaches rank 0 a step or so later (the launcher learns of
+    a step once it is done), which checkpoints that step and stops every process."""
+    from tunery.training import train
+    from tunery.training.loop import Signal, TrainingStopped
+
+    cfg = TrainConfig(model=str(tiny_model), data=str(toy), out=str(tmp_path / "r"), nproc=2, max_steps=30,
+                      batch_size=4, save_every=100, val_split=0, seed=0)
+    rows = []
+    with pytest.raises(TrainingStopped) as stopped:
+        train(cfg, progress=False, on_step=lambda row: rows.append(row) or (Signal.PAUSE if row["step"] == 3 else None))
+    paused_at = stopped.value.step
+    assert 3 < paused_at < 30 and [r["step"] for r in rows] == list(range(1, paused_at + 1))
+    assert rows[0]["total_steps"] == 30 and RunFolder(cfg.out).checkpoints()[-1][0] == paused_at
+    assert RunFolder(cfg.out).read_info().status == "interrupted"
+    run = train(cfg.model_copy(update={"resume": True}), progress=False)
+    assert run.info.status == "completed" and [r["step"] for r in run.metrics] == list(range(1, 31))
