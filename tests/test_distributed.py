@@ -150,19 +150,21 @@ def one_process(tiny_model, toy, tmp_path_factory):
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("recipe", list(RECIPES))
-def test_two_processes_give_the_update_of_one(tiny_model, toy, tmp_path, one_process, recipe):
+@pytest.mark.parametrize("recipe,strategy", [("lora", "auto"), ("full", "auto"), ("full", "fsdp")])
+def test_two_processes_give_the_update_of_one(tiny_model, toy, tmp_path, one_process, recipe, strategy):
     """`--nproc 2` with batch 8: each process trains 4 examples of each micro-batch (packed, with
     the shared prefix computed once), and after 5 steps the weights, losses, gradient norms and
-    validation losses are one process's, within fp32 rounding. Rank 0 alone wrote the run."""
+    validation losses are one process's, within fp32 rounding; with DDP (auto for these) and with
+    FSDP (weights, gradients and AdamW state sharded). Rank 0 alone wrote the run."""
     cfg = RunFolder(one_process[recipe]).read_config()
     assert cfg["share_prefix"] and cfg["nproc"] == 1  # packing: the tiny Llama's attention is packed
-    out = subprocess.run([TUNERY, "train", *_args(tiny_model, toy, tmp_path / "two", nproc=2, **RECIPES[recipe])],
+    out = subprocess.run([TUNERY, "train", *_args(tiny_model, toy, tmp_path / "two", nproc=2, strategy=strategy,
+                                                  **RECIPES[recipe])],
                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     _same_run(one_process[recipe], tmp_path / "two")
     run = RunFolder(tmp_path / "two")
-    assert run.read_config()["nproc"] == 2 and run.read_config()["strategy"] == "ddp"
+    assert run.read_config()["nproc"] == 2 and run.read_config()["strategy"] == ("ddp" if strategy == "auto" else strategy)
     assert out.stderr.count("done:") == 1 and out.stderr.count("→") == 1  # one voice: rank 0
     assert [r["step"] for r in run.read_metrics()] == [1, 2, 3, 4, 5]  # one writer, no row twice
     listed = json.loads(subprocess.run([TUNERY, "models", "list", "--json"], env=_env(tmp_path), capture_output=True,
@@ -254,18 +256,23 @@ def test_an_error_in_any_process_stops_them_all_with_one_line(tiny_model, toy, t
 def test_on_step_steers_the_processes_it_started(tiny_model, toy, tmp_path):
     """The Python API's `on_step` (the jobs worker's hook) sees every step's row from the
     launching process; a pause it asks for reaches rank 0 a step or so later (the launcher learns of
-    a step once it is done), which checkpoints that step and stops every process."""
+    a step once it is done), which checkpoints that step and stops every process. Sharded (FSDP)
+    here: the checkpoint gathers whole weights and AdamW moments, the resume slices them again,
+    and the run ends as one process's uninterrupted run does."""
     from tunery.training import train
     from tunery.training.loop import Signal, TrainingStopped
 
-    cfg = TrainConfig(model=str(tiny_model), data=str(toy), out=str(tmp_path / "r"), nproc=2, max_steps=30,
-                      batch_size=4, save_every=100, val_split=0, seed=0)
+    cfg = TrainConfig(model=str(tiny_model), data=str(toy), out=str(tmp_path / "r"), nproc=2, strategy="fsdp",
+                      method="full", max_steps=16, batch_size=4, lr=1e-3, save_every=100, val_split=0, seed=0,
+                      precision="fp32")
     rows = []
     with pytest.raises(TrainingStopped) as stopped:
         train(cfg, progress=False, on_step=lambda row: rows.append(row) or (Signal.PAUSE if row["step"] == 3 else None))
     paused_at = stopped.value.step
-    assert 3 < paused_at < 30 and [r["step"] for r in rows] == list(range(1, paused_at + 1))
-    assert rows[0]["total_steps"] == 30 and RunFolder(cfg.out).checkpoints()[-1][0] == paused_at
+    assert 3 < paused_at < 16 and [r["step"] for r in rows] == list(range(1, paused_at + 1))
+    assert rows[0]["total_steps"] == 16 and RunFolder(cfg.out).checkpoints()[-1][0] == paused_at
     assert RunFolder(cfg.out).read_info().status == "interrupted"
     run = train(cfg.model_copy(update={"resume": True}), progress=False)
-    assert run.info.status == "completed" and [r["step"] for r in run.metrics] == list(range(1, 31))
+    assert run.info.status == "completed" and [r["step"] for r in run.metrics] == list(range(1, 17))
+    one = train(cfg.model_copy(update={"nproc": 1, "out": str(tmp_path / "one")}), progress=False)
+    _same_run(one.dir, run.dir)

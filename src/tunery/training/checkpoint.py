@@ -34,7 +34,7 @@ from ..errors import TuneryError
 from ..files import atomic_dir, file_digest
 from ..metrics import worse_by
 from ..run_folder import COMPLETE, RunFolder
-from .distributed import World
+from .distributed import World, full, is_sharded, like
 
 WEIGHTS, OPTIMIZER, SCHEDULER, STATE = "trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json"
 RNG_TENSORS, RNG_JSON = "rng.safetensors", "rng.json"
@@ -70,22 +70,34 @@ class TrainState:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """Whole tensors, also of a sharded model (then every process calls this)."""
+    return {n: full(p.detach()).to("cpu", copy=True).contiguous() for n, p in model.named_parameters()
+            if p.requires_grad}
+
+
+def optimizer_state(optimizer) -> dict:
+    """The optimizer's state dict with whole tensors, also of a sharded model (as above)."""
+    sd = optimizer.state_dict()
+    return {**sd, "state": {i: {k: full(v).cpu() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                            for i, st in sd["state"].items()}}
 
 
 def save_checkpoint(folder: RunFolder, model, optimizer, scheduler, state: TrainState,
                     world: World | None = None) -> Path | None:
-    """Every process calls this (their RNG states are gathered); rank 0 writes, and returns the folder."""
+    """Every process calls this (their RNG states are gathered, a sharded model's tensors too);
+    rank 0 writes, and returns the folder."""
     from safetensors.torch import save_file
 
     world = world or World()
     rngs = world.gather(_rng_state())
+    sharded = any(is_sharded(p) for p in model.parameters())
+    weights, optim = (trainable_state(model), optimizer_state(optimizer)) if sharded or world.main else (None, None)
     if not world.main:
         return None
     dest = folder.checkpoint_dir(state.step)
     with atomic_dir(dest) as tmp:
-        save_file(trainable_state(model), tmp / WEIGHTS)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+        save_file(weights, tmp / WEIGHTS)
+        torch.save(optim, tmp / OPTIMIZER)
         torch.save(scheduler.state_dict(), tmp / SCHEDULER)
         for rank, rng in enumerate(rngs):
             _write_rng(tmp, rng, rank)
@@ -155,7 +167,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> T
 
     weights = load_file(path / WEIGHTS)
     load_trainable(model, weights)
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True))
+    optimizer.load_state_dict(_sharded_like(torch.load(path / OPTIMIZER, weights_only=True), optimizer))
     scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))
     if rank < processes_saved(path):
         _load_rng(path, rank)
@@ -179,7 +191,14 @@ def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
     with torch.no_grad():
         for name, tensor in weights.items():
-            params[name].copy_(tensor)
+            params[name].copy_(like(params[name], tensor))  # a sharded model: this process's slice
+
+
+def _sharded_like(sd: dict, optimizer) -> dict:
+    """A saved optimizer state (whole tensors) with each parameter's moments sliced as it is sharded."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return {**sd, "state": {i: {k: like(params[int(i)], v) if isinstance(v, torch.Tensor) and v.dim() else v
+                                for k, v in st.items()} for i, st in sd["state"].items()}}
 
 
 def prune_checkpoints(folder: RunFolder, keep: int, protect: set[int]) -> None:

@@ -12,6 +12,14 @@ makes N of them give the update one process would:
   - rank 0 alone writes the run folder, the registry and the terminal; an error any process finds
     while setting up stops them all (`agreeing`), and rank 0 names it
 
+Strategies: DDP (accelerate wraps the loss module; gradients all-reduced once per optimizer step)
+replicates the model in every process. FSDP shards weights, gradients and optimizer state
+(`shard_model`: torch's FSDP2 `fully_shard`, one unit per decoder layer, the rest with the loss
+module as root); a checkpoint or the shipped model gathers full tensors (`full`) and loading
+takes each process's slice (`like`). accelerate's FSDP plugin would call the same `fully_shard`,
+but accelerate sets FSDP up only on accelerators; torch runs FSDP2 over gloo on CPU too, so
+tunery calls it itself and the same code is tested here and runs on GPUs.
+
 One process is a World of size 1, whose operations cost nothing.
 """
 
@@ -125,3 +133,36 @@ class World:
         if failure is not None:
             raise failure
 
+
+
+def shard_model(token_loss) -> None:
+    """FSDP2 in place: each decoder layer a unit (gathered for its forward and backward, then
+    freed), the rest (embeddings, final norm, output layer) with `token_loss`, the root whose
+    forward the loop calls."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in token_loss.decoder.layers:
+        fully_shard(layer)
+    fully_shard(token_loss)
+
+
+def is_sharded(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full(t):
+    """The whole tensor behind an FSDP shard (a collective: every process calls it, in the same
+    order), or `t` itself."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def like(param, whole):
+    """This process's slice of `whole` shaped as `param` is sharded (no communication), or `whole`."""
+    if not is_sharded(param):
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(whole.to(param.device, param.dtype), param.device_mesh, param.placements,
+                             src_data_rank=None)

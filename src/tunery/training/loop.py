@@ -40,7 +40,7 @@ from .batches import collate, step_groups
 from .card import write_model_card
 from .checkpoint import TrainState
 from .control import OnStep, Signal, TrainingStopped
-from .distributed import World
+from .distributed import World, full, shard_model
 from .generate_eval import generation_score
 from .loss import TokenLoss
 from .setup import base_parameters, build_model, check_method_supported, count_parameters, device_and_dtype
@@ -119,6 +119,9 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     run_cfg = cfg.model_copy(update={"out": str(folder.path)}).resolve(
         len(train_set), len(val_set), precision="bf16" if dtype == torch.bfloat16 else "fp32", format=data.format,
         processes=world.size, parameters=base_parameters(base))
+    if world.size > 1 and run_cfg.strategy == "fsdp" and cfg.eval_generate_every:
+        raise ConfigError("eval_generate_every: generating from a sharded (fsdp) model is not supported yet; "
+                          "use --strategy ddp, or evaluate the shipped model with tunery eval", field="eval_generate_every")
     resolved = run_cfg.model_dump()
     total_steps, per_epoch = run_cfg.max_steps, steps_per_epoch(len(train_set), cfg.batch_size, cfg.grad_accum)
 
@@ -135,13 +138,19 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
         torch.manual_seed(cfg.seed + world.rank)  # each process its own dropout
     packed = attention.installed(model)
     trainable, total = count_parameters(model)
+    token_loss = TokenLoss(model)
+    fsdp = world.size > 1 and run_cfg.strategy == "fsdp"
+    if fsdp:
+        shard_model(token_loss)  # before the optimizer: its state is sharded as the weights are
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=run_cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
                                   fused=device == "cuda")
     warmup = round(cfg.warmup * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.schedule, warmup, total_steps))
-    token_loss = TokenLoss(model)
-    loss_fn, optimizer = accelerator.prepare(token_loss, optimizer)  # DDP-wrapped with several processes
+    if fsdp:
+        loss_fn, optimizer = token_loss, accelerator.prepare(optimizer)
+    else:
+        loss_fn, optimizer = accelerator.prepare(token_loss, optimizer)  # DDP-wrapped with several processes
 
     # 3) resume -----------------------------------------------------------------------------------
     state = TrainState()
@@ -215,7 +224,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
                     if mb:
                         step_loss += loss_sum.detach()  # read once per step: no device sync per micro-batch
                         step_tokens += sum(len(e.input_ids) for e in mb)
-                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                grad_norm = full(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
                 lr_now = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
@@ -274,7 +283,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     step = state.step
     if stop:
         say(f"early stopping at step {step}: no better {cfg.best_by} in {cfg.early_stopping} evaluations")
-    if not world.main:  # what follows writes the run: rank 0's
+    if not world.main and not fsdp:  # what follows writes the run: rank 0's
         return Run(folder.path, resolved, info)
 
     # 5) ship the selected weights ----------------------------------------------------------------
@@ -282,9 +291,12 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     if cfg.select == "best" and state.best_step and state.best_step != step:
         ckpt.load_weights(folder.checkpoint_dir(state.best_step), model)
         shipped = state.best_step
+    whole = _whole_state(model) if fsdp else None  # every process hands rank 0 its shards
+    if not world.main:
+        return Run(folder.path, resolved, info)
     if cfg.template:  # inference must use the template training used: ship it with the weights
         tokenizer.chat_template = template.source
-    export(model, tokenizer, folder.artifact(info.artifact))
+    export(model, tokenizer, folder.artifact(info.artifact), state_dict=whole)
     rows = folder.read_metrics()
     at_shipped = next((r for r in rows if r["step"] == shipped), {})
     final = FinalRecord(steps=step, shipped_step=shipped, trained_tokens=state.trained_tokens,
@@ -373,14 +385,26 @@ def load_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, DataRecord, Data
     return train_set, val_set, data, val
 
 
-def export(model, tokenizer, dest: Path) -> None:
-    """Write adapter/ (PEFT format, no embedding copies) or model/ (full weights), atomically."""
+def export(model, tokenizer, dest: Path, state_dict: dict | None = None) -> None:
+    """Write adapter/ (PEFT format, no embedding copies) or model/ (full weights), atomically.
+    `state_dict`: whole tensors of a sharded model."""
     from ..files import atomic_dir
 
     attention.uninstall(model)
     with atomic_dir(dest) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(tmp)
+
+
+def _whole_state(model) -> dict:
+    """A sharded model's state dict as whole tensors; tied weights (one parameter under two names)
+    stay one tensor, so save_pretrained writes them once as it does for an unsharded model."""
+    whole, gathered = {}, {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in gathered:
+            gathered[id(t)] = full(t.detach())  # a collective: every process, the same order
+        whole[name] = gathered[id(t)]
+    return whole
 
 
 def _schedule(kind: str, warmup: int, total: int):
