@@ -38,3 +38,9 @@ def test_retrieval_quick():
     r = _run("retrieval.py")
     assert r["chunks"] > 0 and r["build_chunks_per_s"] > 0 and r["rebuild_one_changed_embedded"] < r["chunks"]
     assert set(r["query_ms"]) == {"hybrid", "bm25", "dense"} and r["recall_at_5"]["hybrid"] > 0.5
+
+
+def test_distributed_quick():
+    r = _run("distributed.py")
+    assert r["tokens_per_s_1_process"] > 0 and r["tokens_per_s_2_processes"] > 0
+    assert r["step_ms_with_sync"] > 0 and 0 <= r["allreduce_share_of_step"] < 1 and r["trainable_params"] > 0

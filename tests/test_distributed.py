@@ -90,6 +90,23 @@ def test_jobs_api_takes_nproc_within_the_machine(tmp_path):
         assert e.value.field == "tunery.nproc"
 
 
+def test_the_launcher_and_rank_0_talk_through_files(tmp_path):
+    """Progress rows as rank 0 writes them (a row still being written is not read), a signal back,
+    and an error that crosses processes as the same kind, with its field (its exit code, its HTTP
+    status)."""
+    from tunery.training.control import Channel, Signal, error_from, error_report
+
+    channel = Channel(tmp_path)
+    assert channel.on_step({"step": 1}) is None
+    channel.progress.open("a").write('{"step": 2')  # half a row
+    assert channel.rows(0) == [{"step": 1}]
+    channel.ask(Signal.PAUSE)
+    assert channel.on_step({"step": 3}) is Signal.PAUSE
+    err = error_from(error_report(ConfigError("out: busy", field="out")))
+    assert isinstance(err, ConfigError) and err.field == "out" and err.exit_code == 2
+    assert str(error_from(error_report(KeyError("x")))) == "KeyError: 'x'"
+
+
 # -- the process lane ------------------------------------------------------------------------
 
 def _env(tmp_path) -> dict:

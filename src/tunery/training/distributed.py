@@ -26,6 +26,7 @@ One process is a World of size 1, whose operations cost nothing.
 import contextlib
 import gc
 
+from ..errors import ConfigError
 from .control import error_from, error_report
 
 
@@ -63,6 +64,17 @@ class World:
                 if torch.distributed.is_initialized():
                     torch.distributed.destroy_process_group()
                 gc.collect()  # its last references (in a traceback's frames): its threads stop now
+
+    def refuse_unsupported(self, grad_accum: int) -> None:
+        """Launcher set-ups this loop would not drive right, refused before any work."""
+        kind = str(self.accelerator.distributed_type) if self.accelerator else ""
+        if kind.endswith("DEEPSPEED") and grad_accum > 1:
+            raise ConfigError("grad_accum: under DeepSpeed accelerate steps the optimizer inside every backward, so "
+                              "micro-batches cannot accumulate; use --grad-accum 1 and a larger --batch-size",
+                              field="grad_accum")
+        if kind.endswith("FSDP"):
+            raise ConfigError("strategy: launched with accelerate's FSDP (--use_fsdp); launch without it and pass "
+                              "--strategy fsdp: tunery shards the model itself", field="strategy")
 
     @property
     def main(self) -> bool:

@@ -78,6 +78,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
 
     # 1) resolve inputs -------------------------------------------------------------------------
     check_method_supported(cfg)
+    world.refuse_unsupported(cfg.grad_accum)
     device, dtype = device_and_dtype(cfg)
     if device == "cpu":
         keep_freed_memory()
