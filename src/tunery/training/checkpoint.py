@@ -69,17 +69,27 @@ class TrainState:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """Whole tensors, also of a sharded model (then every process calls this)."""
-    return {n: full(p.detach()).to("cpu", copy=True).contiguous() for n, p in model.named_parameters()
-            if p.requires_grad}
+def trainable_state(model, keep: bool = True) -> dict[str, torch.Tensor]:
+    """Whole tensors, also of a sharded model: then every process calls this, and those that do not
+    `keep` them (all but rank 0) drop each one as soon as it is gathered."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            whole = full(p.detach())
+            if keep:
+                out[name] = whole.to("cpu", copy=True).contiguous()
+    return out
 
 
-def optimizer_state(optimizer) -> dict:
+def optimizer_state(optimizer, keep: bool = True) -> dict:
     """The optimizer's state dict with whole tensors, also of a sharded model (as above)."""
     sd = optimizer.state_dict()
-    return {**sd, "state": {i: {k: full(v).cpu() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
-                            for i, st in sd["state"].items()}}
+    state = {}
+    for i, st in sd["state"].items():
+        whole = {k: full(v).cpu() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+        if keep:
+            state[i] = whole
+    return {**sd, "state": state}
 
 
 def save_checkpoint(folder: RunFolder, model, optimizer, scheduler, state: TrainState,
@@ -91,7 +101,8 @@ def save_checkpoint(folder: RunFolder, model, optimizer, scheduler, state: Train
     world = world or World()
     rngs = world.gather(_rng_state())
     sharded = any(is_sharded(p) for p in model.parameters())
-    weights, optim = (trainable_state(model), optimizer_state(optimizer)) if sharded or world.main else (None, None)
+    if sharded or world.main:
+        weights, optim = trainable_state(model, keep=world.main), optimizer_state(optimizer, keep=world.main)
     if not world.main:
         return None
     dest = folder.checkpoint_dir(state.step)

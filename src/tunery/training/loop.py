@@ -292,7 +292,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     if cfg.select == "best" and state.best_step and state.best_step != step:
         ckpt.load_weights(folder.checkpoint_dir(state.best_step), model)
         shipped = state.best_step
-    whole = _whole_state(model) if fsdp else None  # every process hands rank 0 its shards
+    whole = _whole_state(model, keep=world.main) if fsdp else None  # every process hands rank 0 its shards
     if not world.main:
         return Run(folder.path, resolved, info)
     if cfg.template:  # inference must use the template training used: ship it with the weights
@@ -397,13 +397,16 @@ def export(model, tokenizer, dest: Path, state_dict: dict | None = None) -> None
         tokenizer.save_pretrained(tmp)
 
 
-def _whole_state(model) -> dict:
-    """A sharded model's state dict as whole tensors; tied weights (one parameter under two names)
-    stay one tensor, so save_pretrained writes them once as it does for an unsharded model."""
+def _whole_state(model, keep: bool) -> dict:
+    """A sharded model's state dict as whole tensors, kept by rank 0 only; tied weights (one
+    parameter under two names) stay one tensor, so save_pretrained writes them once as it does for
+    an unsharded model."""
     whole, gathered = {}, {}
     for name, t in model.state_dict(keep_vars=True).items():
         if id(t) not in gathered:
             gathered[id(t)] = full(t.detach())  # a collective: every process, the same order
+            if not keep:
+                gathered[id(t)] = None  # dropped at once: only rank 0 holds the whole model
         whole[name] = gathered[id(t)]
     return whole
 
