@@ -23,6 +23,7 @@ FLOORS = [
     ["workflows", "serve", "export"],
     ["cli_registry", "cli_index"],
     ["cli"],
+    ["__main__"],  # python -m tunery: what launchers (torchrun, accelerate launch) start
 ]
 FLOOR_OF = {unit: i for i, units in enumerate(FLOORS) for unit in units}
 

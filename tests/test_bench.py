@@ -48,3 +48,9 @@ def test_data_scale_quick():
         assert s["build"]["examples"] == s["load"]["examples"] == s["check"]["good"] == s["rows"]
         assert s["load"]["seconds"] < s["build"]["seconds"]
         assert s["train"]["tokens_per_s"] > 0 and s["train"]["epoch_tokens"] == s["build"]["tokens"]
+
+
+def test_distributed_quick():
+    r = _run("distributed.py")
+    assert r["tokens_per_s_1_process"] > 0 and r["tokens_per_s_2_processes"] > 0
+    assert r["step_ms_with_sync"] > 0 and 0 <= r["allreduce_share_of_step"] < 1 and r["trainable_params"] > 0

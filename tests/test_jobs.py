@@ -112,6 +112,23 @@ def test_cancel_pause_resume(server, tiny_model, tmp_path):
         c.fine_tuning.jobs.cancel(job.id)  # already cancelled
 
 
+def test_a_job_trains_with_two_processes(server, tiny_model, tmp_path, home):
+    """extra_body={"tunery": {"nproc": 2}}: the worker starts two processes; its events and
+    checkpoints come as from one."""
+    from tunery.run_folder import RunFolder
+
+    c = client(server)
+    f = upload(c, tmp_path, rows("gold"))
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, extra_body={
+        "tunery": {"nproc": 2, "max_steps": 12, "val_split": 0, "save_every": 6, "lr": 0.01}})
+    done = wait_for(c, job.id, ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    steps = [e.data["step"] for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    assert sorted(steps) == list(range(1, 13))
+    assert [ck.step_number for ck in c.fine_tuning.jobs.checkpoints.list(job.id).data] == [12, 6]
+    assert RunFolder(home / "jobs" / job.id / "run").read_config()["nproc"] == 2
+
+
 def test_bad_file_fails_validation_with_line_numbers(server, tiny_model, tmp_path):
     c = client(server)
     bad = rows()[:3] + [{"messages": [{"role": "user", "content": "only a question"}]}, "{not json"]

@@ -2,6 +2,7 @@
 so `tunery --help` is instant."""
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -346,7 +347,8 @@ def run(argv: list[str] | None = None) -> int:
         rc = app(args=argv, prog_name="tunery", standalone_mode=False)
         return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except TuneryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, rank 0 alone says it
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

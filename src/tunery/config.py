@@ -56,6 +56,13 @@ def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
 
 Method = Literal["full", "lora", "dora", "qlora"]
 AUTO_LR = {"full": 2e-5, "lora": 2e-4, "dora": 2e-4, "qlora": 2e-4}
+# Full fine-tunes from this size shard across processes (strategy auto): weights, gradients and
+# AdamW's two moments are 16 bytes per parameter in fp32, 16 GB at 1B, more than most GPUs spare.
+FSDP_FROM_PARAMETERS = 1_000_000_000
+
+
+def auto_strategy(method: str, parameters: int) -> str:
+    return "fsdp" if method == "full" and parameters >= FSDP_FROM_PARAMETERS else "ddp"
 
 
 class TrainConfig(DataConfig):
@@ -68,7 +75,7 @@ class TrainConfig(DataConfig):
     epochs: int | Literal["auto"] = Field("auto", description="Passes over the data; auto picks from the dataset size")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs)")
     lr: float | Literal["auto"] = Field("auto", description="Peak learning rate; auto: 2e-4 for LoRA/DoRA/QLoRA, 2e-5 for full")
-    batch_size: int = Field(8, ge=1, description="Examples per micro-batch")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch, across all processes (each takes its share)")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
     group_by_length: bool = Field(True, description="Put examples of similar length in the same step (less padding)")
     share_prefix: bool = Field(True, description="Run a prefix all examples of a micro-batch share (a system prompt) once; same loss")
@@ -94,6 +101,11 @@ class TrainConfig(DataConfig):
     eval_metric: str = Field("exact", description="Metric for --eval-generate-every: exact, json_exact, rougeL, ... or module:function")
     eval_samples: int = Field(32, ge=1, description="Validation examples used for the generation metric")
     eval_max_new_tokens: int = Field(128, ge=1, description="Longest generated answer during --eval-generate-every")
+    nproc: int = Field(1, ge=1, description="Processes to train with on this machine, started through accelerate's "
+                       "launcher (under accelerate launch or torchrun, the launcher's processes count instead)")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="How processes share the work: ddp (each holds the whole model), fsdp (weights, gradients "
+        "and optimizer state sharded; full fine-tuning); auto: fsdp for full fine-tunes of 1B+ parameters, else ddp")
     seed: int = Field(42, description="Seeds data order, split, initialisation and dropout")
     out: str | None = Field(None, description="Run folder (default: runs/<data>-<method>-<time>)")
     resume: bool = Field(False, description="Continue from the latest complete checkpoint in --out")
@@ -107,11 +119,13 @@ class TrainConfig(DataConfig):
         True, description="Keep the encoded data in a memory-mapped cache under TUNERY_HOME, reused while the file, "
         "tokenizer, template and length settings are unchanged (off: encode afresh each run)")
 
-    def resolve(self, n_examples: int, n_val: int, *, precision: Literal["fp32", "bf16"], format: str) -> "TrainConfig":
+    def resolve(self, n_examples: int, n_val: int, *, precision: Literal["fp32", "bf16"], format: str,
+                processes: int = 1, parameters: int = 0) -> "TrainConfig":
         """This recipe with every auto value replaced by what a run on `n_examples` training (and
         `n_val` validation) examples uses: epochs, max_steps (the total), lr, eval_every (None
         without validation data), save_every, the precision measured for this machine, the
-        detected data format and the run folder."""
+        detected data format, the run folder, the processes training together and the strategy
+        (by method and the base's `parameters`)."""
         from .run_folder import RunFolder
 
         per_epoch = steps_per_epoch(n_examples, self.batch_size, self.grad_accum)
@@ -122,13 +136,15 @@ class TrainConfig(DataConfig):
             "epochs": math.ceil(total / per_epoch), "max_steps": total,
             "lr": AUTO_LR[self.method] if self.lr == "auto" else self.lr,
             "eval_every": eval_every if n_val else None, "save_every": eval_every if self.save_every == "auto" else self.save_every,
-            "precision": precision, "format": format, "resume": False,
+            "precision": precision, "format": format, "resume": False, "nproc": processes,
+            "strategy": auto_strategy(self.method, parameters) if self.strategy == "auto" else self.strategy,
             "out": self.out or str(RunFolder.default(self.data, self.method).path),
         })
 
     @property
     def is_resolved(self) -> bool:
-        return "auto" not in (self.epochs, self.lr, self.eval_every, self.save_every, self.precision, self.format)
+        return "auto" not in (self.epochs, self.lr, self.eval_every, self.save_every, self.precision, self.format,
+                              self.strategy)
 
     @field_validator("target_modules", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ turns them into HTTP answers.
 """
 
 import json
+import os
 import re
 import secrets
 import shutil
@@ -147,6 +148,10 @@ class TuneryOptions(_Strict):
     group_by_length: bool | None = None
     share_prefix: bool | None = None
     template: Annotated[str, Field(pattern=FILE_ID.pattern)] | None = None  # an uploaded template file's id
+    # Processes training the job together on the server's machine (torch.distributed), at most one per core:
+    # extra_body={"tunery": {"nproc": 2}}
+    nproc: Annotated[int, Field(ge=1, le=os.cpu_count() or 1)] | None = None
+    strategy: Literal["auto", "ddp", "fsdp"] | None = None
 
 
 class Supervised(_Strict):

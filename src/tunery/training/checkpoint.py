@@ -6,6 +6,11 @@ temporary folder and renamed into place, then marked complete; a folder without 
 crash mid-write) is never loaded. Where checkpoints live is RunFolder's to say; the names inside
 one are this module's.
 
+A run of several processes is checkpointed by rank 0, with every process's RNG state (rng.* is
+rank 0's, rng-R.* rank R's): each process's dropout resumes where it stopped. The position in
+the data is the step (batches.py), the same for all. Each process loads the checkpoint rank 0
+chose, so resuming across machines needs the run folder on a filesystem they share.
+
 sha256.json, written just before the marker, records the sha256 of every file the checkpoint
 holds. A checkpoint is loaded only after its files match it (`intact`): one damaged later (a
 truncated copy, a full disk, an edit) is skipped with a warning naming it, never half-loaded.
@@ -29,11 +34,12 @@ from ..errors import TuneryError
 from ..files import atomic_dir, file_digest
 from ..metrics import worse_by
 from ..run_folder import COMPLETE, RunFolder
+from .distributed import World, full, is_sharded, like
 
 WEIGHTS, OPTIMIZER, SCHEDULER, STATE = "trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json"
 RNG_TENSORS, RNG_JSON = "rng.safetensors", "rng.json"
-FILES = (WEIGHTS, OPTIMIZER, SCHEDULER, RNG_TENSORS, RNG_JSON, STATE)  # what a checkpoint holds
-MANIFEST = "sha256.json"  # {file: sha256} for FILES, written last before the COMPLETE marker
+FILES = (WEIGHTS, OPTIMIZER, SCHEDULER, RNG_TENSORS, RNG_JSON, STATE)  # what every checkpoint holds
+MANIFEST = "sha256.json"  # {file: sha256} for every file, written last before the COMPLETE marker
 
 
 @dataclass
@@ -63,32 +69,73 @@ class TrainState:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model, keep: bool = True) -> dict[str, torch.Tensor]:
+    """Whole tensors, also of a sharded model: then every process calls this, and those that do not
+    `keep` them (all but rank 0) drop each one as soon as it is gathered."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            whole = full(p.detach())
+            if keep:
+                out[name] = whole.to("cpu", copy=True).contiguous()
+    return out
 
 
-def save_checkpoint(folder: RunFolder, model, optimizer, scheduler, state: TrainState) -> Path:
+def optimizer_state(optimizer, keep: bool = True) -> dict:
+    """The optimizer's state dict with whole tensors, also of a sharded model (as above)."""
+    sd = optimizer.state_dict()
+    state = {}
+    for i, st in sd["state"].items():
+        whole = {k: full(v).cpu() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+        if keep:
+            state[i] = whole
+    return {**sd, "state": state}
+
+
+def save_checkpoint(folder: RunFolder, model, optimizer, scheduler, state: TrainState,
+                    world: World | None = None) -> Path | None:
+    """Every process calls this (their RNG states are gathered, a sharded model's tensors too);
+    rank 0 writes, and returns the folder."""
     from safetensors.torch import save_file
 
+    world = world or World()
+    rngs = world.gather(_rng_state())
+    sharded = any(is_sharded(p) for p in model.parameters())
+    if sharded or world.main:
+        weights, optim = trainable_state(model, keep=world.main), optimizer_state(optimizer, keep=world.main)
+    if not world.main:
+        return None
     dest = folder.checkpoint_dir(state.step)
     with atomic_dir(dest) as tmp:
-        save_file(trainable_state(model), tmp / WEIGHTS)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+        save_file(weights, tmp / WEIGHTS)
+        torch.save(optim, tmp / OPTIMIZER)
         torch.save(scheduler.state_dict(), tmp / SCHEDULER)
-        _save_rng(tmp)
+        for rank, rng in enumerate(rngs):
+            _write_rng(tmp, rng, rank)
         (tmp / STATE).write_text(json.dumps(state.state_dict(), indent=2))
-        (tmp / MANIFEST).write_text(json.dumps({name: file_digest(tmp / name) for name in FILES}, indent=2))
+        names = sorted(p.name for p in tmp.iterdir())
+        (tmp / MANIFEST).write_text(json.dumps({name: file_digest(tmp / name) for name in names}, indent=2))
         (tmp / COMPLETE).write_text("")
     return dest
 
 
-def damage(path: Path, files: Iterable[str] = FILES) -> str | None:
-    """What is wrong with a checkpoint's `files` against the sha256 recorded when it was written,
-    or None when they all match."""
+def processes_saved(path: Path) -> int:
+    """How many processes' RNG states a checkpoint holds."""
+    n = 1
+    while (path / _rng_names(n)[0]).is_file():
+        n += 1
+    return n
+
+
+def damage(path: Path, files: Iterable[str] | None = None) -> str | None:
+    """What is wrong with a checkpoint's `files` (default: FILES and every other file its manifest
+    records) against the sha256 recorded when it was written, or None when they all match."""
     try:
         recorded = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return f"no readable {MANIFEST} (damaged, or written by an older tunery)"
+    if files is None:
+        files = dict.fromkeys([*FILES, *(recorded if isinstance(recorded, dict) else ())])
     for name in files:
         digest = recorded.get(name) if isinstance(recorded, dict) else None
         if not isinstance(digest, str):
@@ -125,14 +172,16 @@ def load_newest(candidates: Iterable[Path], model, optimizer, scheduler,
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> TrainState:
+    """Into this process (`rank`: whose RNG state it takes; one the checkpoint lacks keeps its own)."""
     from safetensors.torch import load_file
 
     weights = load_file(path / WEIGHTS)
     load_trainable(model, weights)
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True))
+    optimizer.load_state_dict(_sharded_like(torch.load(path / OPTIMIZER, weights_only=True), optimizer))
     scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))
-    _load_rng(path)
+    if rank < processes_saved(path):
+        _load_rng(path, rank)
     return TrainState.from_dict(json.loads((path / STATE).read_text()))
 
 
@@ -153,7 +202,14 @@ def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
     with torch.no_grad():
         for name, tensor in weights.items():
-            params[name].copy_(tensor)
+            params[name].copy_(like(params[name], tensor))  # a sharded model: this process's slice
+
+
+def _sharded_like(sd: dict, optimizer) -> dict:
+    """A saved optimizer state (whole tensors) with each parameter's moments sliced as it is sharded."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return {**sd, "state": {i: {k: like(params[int(i)], v) if isinstance(v, torch.Tensor) and v.dim() else v
+                                for k, v in st.items()} for i, st in sd["state"].items()}}
 
 
 def prune_checkpoints(folder: RunFolder, keep: int, protect: set[int]) -> None:
@@ -166,25 +222,39 @@ def prune_checkpoints(folder: RunFolder, keep: int, protect: set[int]) -> None:
         shutil.rmtree(stray, ignore_errors=True)
 
 
-def _save_rng(folder: Path) -> None:
-    from safetensors.torch import save_file
+def _rng_names(rank: int) -> tuple[str, str]:
+    return (RNG_TENSORS, RNG_JSON) if rank == 0 else (f"rng-{rank}.safetensors", f"rng-{rank}.json")
 
+
+def _rng_state() -> dict:
+    """This process's RNG states: tensors and plain lists, nothing that needs unpickling."""
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    save_file(tensors, folder / RNG_TENSORS)
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    (folder / RNG_JSON).write_text(json.dumps({
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}))
+    return {"tensors": tensors, "python": [version, list(internal), gauss],
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
 
 
-def _load_rng(folder: Path) -> None:
+def _write_rng(folder: Path, state: dict, rank: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors_file, json_file = _rng_names(rank)
+    save_file(state["tensors"], folder / tensors_file)
+    (folder / json_file).write_text(json.dumps({"python": state["python"], "numpy": state["numpy"]}))
+
+
+def _save_rng(folder: Path) -> None:
+    _write_rng(folder, _rng_state(), 0)
+
+
+def _load_rng(folder: Path, rank: int = 0) -> None:
     from safetensors.torch import load_file
 
-    tensors = load_file(folder / RNG_TENSORS)
-    plain = json.loads((folder / RNG_JSON).read_text())
+    tensors_file, json_file = _rng_names(rank)
+    tensors = load_file(folder / tensors_file)
+    plain = json.loads((folder / json_file).read_text())
     version, internal, gauss = plain["python"]
     kind, keys, pos, has_gauss, cached = plain["numpy"]
     random.setstate((version, tuple(internal), gauss))

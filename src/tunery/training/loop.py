@@ -9,17 +9,20 @@
      evaluate, checkpoint, early-stop on schedule
   5) ship the selected weights (best or last) with tokenizer, config and model card
 
+With several processes (`--nproc N`, accelerate launch, torchrun) every process runs this same
+function: each trains its shard of every micro-batch, the loss is normalised by the step's
+trained tokens across all of them, and rank 0 alone records and writes (distributed.py says how).
+
 A caller may watch and steer the run through `on_step(row) -> Signal | None`, called after each
 optimizer step: Signal.PAUSE checkpoints that step and stops, Signal.CANCEL stops; both raise
 TrainingStopped, which the registry records as an interruption, not a failure.
 """
 
-import enum
 import functools
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,14 +35,18 @@ from ..models import load_tokenizer, resolve_model
 from ..models.hardware import keep_freed_memory
 from ..registry import recorder as registry
 from ..run_folder import BaseRecord, DataRecord, FinalRecord, RunFolder, RunInfo
-from . import attention
+from . import attention, launch
 from . import checkpoint as ckpt
 from .batches import collate, step_groups
 from .card import write_model_card
 from .checkpoint import TrainState
+from .control import OnStep, Signal, TrainingStopped
+from .distributed import World, full, shard_model
 from .generate_eval import generation_score
 from .loss import TokenLoss
-from .setup import build_model, check_method_supported, count_parameters, device_and_dtype
+from .setup import base_parameters, build_model, check_method_supported, count_parameters, device_and_dtype
+
+__all__ = ["Run", "Signal", "TrainingStopped", "train"]
 
 
 @dataclass
@@ -54,128 +61,139 @@ class Run:
         return self.info.final.val_loss if self.info.final else None
 
 
-class Signal(enum.Enum):
-    """What `on_step` may ask of the loop between two steps."""
-
-    PAUSE = "pause"  # checkpoint this step, then stop: resuming loses nothing
-    CANCEL = "cancel"  # stop now
-
-
-class TrainingStopped(Exception):
-    """Raised out of `train` when `on_step` returned a Signal. `status` is what the registry and
-    run.json record: a paused run is `interrupted` (it resumes), a cancelled one `cancelled`."""
-
-    def __init__(self, signal: Signal, step: int):
-        self.signal, self.step = signal, step
-        self.status = "cancelled" if signal is Signal.CANCEL else "interrupted"
-        super().__init__(f"training {'cancelled' if signal is Signal.CANCEL else 'paused'} at step {step}")
-
-
-OnStep = Callable[[dict], "Signal | None"]
-
-
 def train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep | None = None, **overrides) -> Run:
     """Fine-tune; the run is recorded in the registry as it starts, ends, or fails."""
-    with registry.tracking(interrupted=(KeyboardInterrupt, TrainingStopped)):
-        return _train(config, progress, on_step, **overrides)
-
-
-def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep | None = None, **overrides) -> Run:
-    import torch
-
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     if overrides:
         cfg = cfg.model_copy(update=overrides)
-    say = _printer(progress)
+    if launch.wanted(cfg):  # --nproc N: start N processes, each of which runs this function
+        folder = launch.run(cfg, progress, on_step)
+        return Run(folder.path, folder.read_config(), folder.read_info(), folder.read_metrics())
+    with registry.tracking(interrupted=(KeyboardInterrupt, TrainingStopped)), World.joined() as world:
+        return _train(cfg, world, progress, on_step)
+
+
+def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnStep | None = None) -> Run:
+    """`world`: this process alone, or its rank among the processes a launcher started."""
+    import torch
 
     # 1) resolve inputs -------------------------------------------------------------------------
     check_method_supported(cfg)
+    world.refuse_unsupported(cfg.grad_accum)
     device, dtype = device_and_dtype(cfg)
-    metric_key = _check_eval_metric(cfg)
-    base = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(base)
+    if device == "cpu":
+        keep_freed_memory()
+    say = _printer(progress and world.main)
     warn = _warner(say)
-    train_set, val_set, data, val = load_data(cfg, tokenizer, warn=warn)
-    for note in data.warnings or []:
-        warn(note)
-    folder = RunFolder(cfg.out) if cfg.out else RunFolder.default(cfg.data, cfg.method)
     resume_from, candidates, skipped = None, iter(()), []
 
     def skip(problem: str) -> None:  # a damaged or unloadable checkpoint
         skipped.append(problem)
         warn(f"skipping checkpoint {problem}")
 
-    if cfg.resume:
-        found = folder.checkpoints()
-        if not found and not folder.is_run():
-            raise ConfigError(f"resume: {folder.path} holds no run to resume", field="resume")
-        candidates = ckpt.intact(found, skip)  # newest first, each verified against its sha256
-        resume_from = next(candidates, None)
-        if found and resume_from is None:
-            raise ConfigError(f"resume: no intact checkpoint in {folder.path}: {_first(skipped)}; move "
-                              f"{folder.checkpoints_dir} away to start over, or train into a new --out", field="resume")
-    elif folder.is_run():
-        raise ConfigError(f"out: {folder.path} already holds a run; pass --resume to continue it or choose another --out",
-                          field="out")
-    elif not folder.is_free():  # someone's files: a run would overwrite README.md, adapter/, ...
-        raise ConfigError(f"out: {folder.path} exists and is not empty but holds no tunery run (no run.json); "
-                          "choose a new or empty folder", field="out")
+    with world.agreeing():  # an error in any process stops them all; rank 0 names it
+        metric_key = _check_eval_metric(cfg)
+        base = resolve_model(cfg.model)
+        tokenizer = load_tokenizer(base)
+        train_set, val_set, data, val = load_data(cfg, tokenizer, warn=warn)
+        for note in data.warnings or []:
+            warn(note)
+        folder = RunFolder(cfg.out) if cfg.out else RunFolder.default(cfg.data, cfg.method)
+        if world.main:  # the run folder is rank 0's: it alone reads and writes it
+            if cfg.resume:
+                found = folder.checkpoints()
+                if not found and not folder.is_run():
+                    raise ConfigError(f"resume: {folder.path} holds no run to resume", field="resume")
+                candidates = ckpt.intact(found, skip)  # newest first, each verified against its sha256
+                resume_from = next(candidates, None)
+                if found and resume_from is None:
+                    raise ConfigError(f"resume: no intact checkpoint in {folder.path}: {_first(skipped)}; move "
+                                      f"{folder.checkpoints_dir} away to start over, or train into a new --out",
+                                      field="resume")
+            elif folder.is_run():
+                raise ConfigError(f"out: {folder.path} already holds a run; pass --resume to continue it or choose "
+                                  "another --out", field="out")
+            elif not folder.is_free():  # someone's files: a run would overwrite README.md, adapter/, ...
+                raise ConfigError(f"out: {folder.path} exists and is not empty but holds no tunery run (no run.json); "
+                                  "choose a new or empty folder", field="out")
+    folder = RunFolder(world.broadcast(str(folder.path)))  # a default folder's time stamp is rank 0's
     # Every auto value, once: the loop, config.yaml, the registry and the jobs API all read this.
     run_cfg = cfg.model_copy(update={"out": str(folder.path)}).resolve(
-        len(train_set), len(val_set), precision="bf16" if dtype == torch.bfloat16 else "fp32", format=data.format)
+        len(train_set), len(val_set), precision="bf16" if dtype == torch.bfloat16 else "fp32", format=data.format,
+        processes=world.size, parameters=base_parameters(base))
+    if world.size > 1 and run_cfg.strategy == "fsdp" and cfg.eval_generate_every:
+        raise ConfigError("eval_generate_every: generating from a sharded (fsdp) model is not supported yet; "
+                          "use --strategy ddp, or evaluate the shipped model with tunery eval", field="eval_generate_every")
     resolved = run_cfg.model_dump()
     total_steps, per_epoch = run_cfg.max_steps, steps_per_epoch(len(train_set), cfg.batch_size, cfg.grad_accum)
 
     # 2) model, optimizer, schedule ---------------------------------------------------------------
-    from accelerate import Accelerator
-
-    if device == "cpu":
-        keep_freed_memory()
     # Mixed precision by plain torch.autocast: accelerate's is process-global and would pin every
     # later run in this process (tests, the jobs worker) to the first run's precision.
-    accelerator = Accelerator(cpu=device == "cpu")
+    accelerator = world.accelerator
     autocast = functools.partial(torch.autocast, device_type=device, dtype=torch.bfloat16,
                                  enabled=dtype == torch.bfloat16)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, base)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    with world.agreeing():
+        model = build_model(cfg, base)
+    if world.rank:
+        torch.manual_seed(cfg.seed + world.rank)  # each process its own dropout
     packed = attention.installed(model)
     trainable, total = count_parameters(model)
+    token_loss = TokenLoss(model)
+    fsdp = world.size > 1 and run_cfg.strategy == "fsdp"
+    if fsdp:
+        shard_model(token_loss)  # before the optimizer: its state is sharded as the weights are
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=run_cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
                                   fused=device == "cuda")
     warmup = round(cfg.warmup * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.schedule, warmup, total_steps))
-    loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
+    if fsdp:
+        loss_fn, optimizer = token_loss, accelerator.prepare(optimizer)
+    else:
+        loss_fn, optimizer = accelerator.prepare(token_loss, optimizer)  # DDP-wrapped with several processes
 
     # 3) resume -----------------------------------------------------------------------------------
     state = TrainState()
-    if resume_from is not None:
-        loaded = ckpt.load_newest(itertools.chain([resume_from], candidates), model, optimizer, scheduler, skip)
-        if loaded is None:
-            raise TuneryError(f"resume: no checkpoint in {folder.path} loads: {_first(skipped)}; move "
-                              f"{folder.checkpoints_dir} away to start over, or train into a new --out")
-        resume_from, state = loaded
+    if cfg.resume:
+        with world.agreeing():
+            if world.main and resume_from is not None:
+                loaded = ckpt.load_newest(itertools.chain([resume_from], candidates), model, optimizer, scheduler, skip)
+                if loaded is None:
+                    raise TuneryError(f"resume: no checkpoint in {folder.path} loads: {_first(skipped)}; move "
+                                      f"{folder.checkpoints_dir} away to start over, or train into a new --out")
+                resume_from, state = loaded
+                if ckpt.processes_saved(resume_from) != world.size:
+                    warn(f"{resume_from.name} was saved by {ckpt.processes_saved(resume_from)} processes, this run has "
+                         f"{world.size}: dropout will not repeat the interrupted run's")
+        resume_from = world.broadcast(resume_from)
+        with world.agreeing():  # every process loads the checkpoint rank 0 chose, and its own RNG state
+            if not world.main and resume_from is not None:
+                state = ckpt.load_checkpoint(resume_from, model, optimizer, scheduler, rank=world.rank)
 
     # Recorded only now, with nothing left to refuse: a run that cannot start leaves its record as it was.
-    folder.path.mkdir(parents=True, exist_ok=True)
-    earlier = folder.read_info() if cfg.resume and folder.is_run() else None
+    earlier = folder.read_info() if world.main and cfg.resume and folder.is_run() else None
     info = RunInfo(
         id=earlier and earlier.id, name=earlier and earlier.name, status="running", method=cfg.method,
         started=earlier.started if earlier else now(),
         base=BaseRecord(reference=cfg.model, name=base.name, path=str(base.path), source=base.source),
         data=data, val=val, parameters={"trainable": trainable, "total": total},
         artifact="model" if cfg.method == "full" else "adapter")
-    info.id, info.name = registry.started(folder.path, resolved, info, base)  # saved in run.json too
-    folder.write_info(info)  # first: a folder tunery writes into is a run from its first file on
-    folder.write_config(resolved)
-    if resume_from is not None:
-        say(f"resuming {folder.path} from {resume_from.name}")
-    metrics = folder.open_metrics(resume_step=state.step if cfg.resume else None)
+    if world.main:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        info.id, info.name = registry.started(folder.path, resolved, info, base)  # saved in run.json too
+        folder.write_info(info)  # first: a folder tunery writes into is a run from its first file on
+        folder.write_config(resolved)
+        if resume_from is not None:
+            say(f"resuming {folder.path} from {resume_from.name}")
+    metrics = folder.open_metrics(resume_step=state.step if cfg.resume else None) if world.main else None
 
+    processes = f", {world.size} processes ({run_cfg.strategy})" if world.size > 1 else ""
     say(f"[bold]train[/] {cfg.method} on {base.name}: {len(train_set)} train / {len(val_set)} val examples, "
         f"{run_cfg.epochs} epochs, {total_steps} steps, lr {run_cfg.lr:g}, "
         f"batch {cfg.batch_size}x{cfg.grad_accum}, trainable {trainable:,} of {total:,} params, {device} "
-        f"{str(dtype).replace('torch.', '')} → {folder.path}")
+        f"{str(dtype).replace('torch.', '')}{processes} → {folder.path}")
 
     # 4) loop -------------------------------------------------------------------------------------
     batch_of = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=accelerator.device, packed=packed,
@@ -184,7 +202,7 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
     stop_ids = stop_token_ids(tokenizer, template)
     select_by = "val_loss" if cfg.best_by == "val_loss" else metric_key  # the metrics row key checkpoints are chosen by
     eval_every, save_every = run_cfg.eval_every, run_cfg.save_every
-    bar = _progress(progress, total_steps, state.step)
+    bar = _progress(progress and world.main, total_steps, state.step)
     started = time.perf_counter()
     stop = False
     try:
@@ -196,51 +214,61 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
                 if k < state.step - epoch * per_epoch:
                     continue  # already trained before the resume
                 t0 = time.perf_counter()
-                group_tokens = sum(sum(e.loss_mask[1:]) for mb in micro_batches for e in mb)
+                mine = [world.shard(mb) for mb in micro_batches]  # this process's examples of each micro-batch
+                group_tokens = int(world.sum(sum(sum(e.loss_mask[1:]) for mb in mine for e in mb))[0])  # the whole step's
                 step_loss, step_tokens = 0.0, 0
-                for mb in micro_batches:
-                    batch = batch_of(mb)
-                    with autocast():
-                        loss_sum, _ = loss_fn(**batch)
-                    accelerator.backward(loss_sum / group_tokens)
-                    step_loss += loss_sum.detach()  # read once per step: no device sync per micro-batch
-                    step_tokens += sum(len(e.input_ids) for e in mb)
-                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                for i, mb in enumerate(mine):
+                    with world.no_sync(loss_fn, sync=i == len(mine) - 1):  # gradients cross processes once per step
+                        batch = batch_of(mb or micro_batches[i][:1])  # an empty shard joins in at weight 0
+                        with autocast():
+                            loss_sum, _ = loss_fn(**batch)
+                        accelerator.backward(loss_sum * (world.grad_scale if mb else 0) / group_tokens)
+                    if mb:
+                        step_loss += loss_sum.detach()  # read once per step: no device sync per micro-batch
+                        step_tokens += sum(len(e.input_ids) for e in mb)
+                grad_norm = full(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
                 lr_now = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                step_loss, step_tokens = world.sum(float(step_loss), step_tokens)
                 state.step += 1
                 state.trained_tokens += group_tokens
-                state.tokens += step_tokens
+                state.tokens += int(step_tokens)
                 step = state.step
-                row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": float(step_loss) / group_tokens,
+                row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": step_loss / group_tokens,
                        "lr": lr_now, "grad_norm": float(grad_norm), "tokens": state.tokens,
                        "trained_tokens": state.trained_tokens,
                        "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
                 last = step == total_steps
                 if val_set and (step % eval_every == 0 or last):
-                    row["val_loss"] = evaluate(loss_fn, val_set, cfg.batch_size, batch_of, autocast)
+                    row["val_loss"] = evaluate(token_loss, val_set, cfg.batch_size, batch_of, autocast, world)
                     model.train()
                 if metric_key and val_set and (step % cfg.eval_generate_every == 0 or last):
+                    samples = world.shard(val_set[: cfg.eval_samples])  # each process scores its share
                     with autocast():  # the frozen base may be stored in bf16 (setup.py)
-                        row[metric_key] = generation_score(
-                            model, tokenizer, val_set[: cfg.eval_samples], cfg.eval_metric, stop_ids,
+                        score = generation_score(
+                            model, tokenizer, samples, cfg.eval_metric, stop_ids,
                             max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.batch_size,
-                            device=accelerator.device)
+                            device=accelerator.device) if samples else 0.0
+                    total_score, scored = world.sum(score * len(samples), len(samples))
+                    row[metric_key] = total_score / max(scored, 1)
                 if select_by in row:
                     state.observe(select_by, row[select_by])
                     stop = cfg.early_stopping is not None and state.evals_since_best >= cfg.early_stopping
-                metrics.log(row)
+                if world.main:
+                    metrics.log(row)
                 # A caller (the jobs worker) may pause or cancel between steps; pausing first
-                # checkpoints this step so resuming loses nothing.
-                signal = on_step(row | {"total_steps": total_steps}) if on_step else None
+                # checkpoints this step so resuming loses nothing. Rank 0 asks; every process acts.
+                signal = on_step(row | {"total_steps": total_steps}) if on_step and world.main else None
                 if signal is not None and not isinstance(signal, Signal):
                     raise TypeError(f"on_step must return a Signal or None, not {signal!r}")
+                signal = world.broadcast(signal)
                 if (save_every and step % save_every == 0) or last or stop or state.best_step == step \
                         or signal is Signal.PAUSE:
-                    ckpt.save_checkpoint(folder, model, optimizer, scheduler, state)
-                    ckpt.prune_checkpoints(folder, cfg.keep_checkpoints, {state.best_step} - {None})
+                    ckpt.save_checkpoint(folder, model, optimizer, scheduler, state, world)
+                    if world.main:
+                        ckpt.prune_checkpoints(folder, cfg.keep_checkpoints, {state.best_step} - {None})
                 if signal is not None:
                     raise TrainingStopped(signal, step)
                 bar.update(row)
@@ -252,19 +280,25 @@ def _train(config: "TrainConfig | dict", progress: bool = True, on_step: OnStep 
                           "or use --method lora / qlora") from None
     finally:
         bar.close()
-        metrics.close()
+        if metrics:
+            metrics.close()
     step = state.step
     if stop:
         say(f"early stopping at step {step}: no better {cfg.best_by} in {cfg.early_stopping} evaluations")
+    if not world.main and not fsdp:  # what follows writes the run: rank 0's
+        return Run(folder.path, resolved, info)
 
     # 5) ship the selected weights ----------------------------------------------------------------
     shipped = step
     if cfg.select == "best" and state.best_step and state.best_step != step:
         ckpt.load_weights(folder.checkpoint_dir(state.best_step), model)
         shipped = state.best_step
+    whole = _whole_state(model, keep=world.main) if fsdp else None  # every process hands rank 0 its shards
+    if not world.main:
+        return Run(folder.path, resolved, info)
     if cfg.template:  # inference must use the template training used: ship it with the weights
         tokenizer.chat_template = template.source
-    export(model, tokenizer, folder.artifact(info.artifact))
+    export(model, tokenizer, folder.artifact(info.artifact), state_dict=whole)
     rows = folder.read_metrics()
     at_shipped = next((r for r in rows if r["step"] == shipped), {})
     final = FinalRecord(steps=step, shipped_step=shipped, trained_tokens=state.trained_tokens,
@@ -292,20 +326,26 @@ def _check_eval_metric(cfg: TrainConfig) -> str | None:
     return f"eval_{cfg.eval_metric}"
 
 
-def evaluate(loss_fn, examples, batch_size, batch_of, autocast) -> float:
-    """Mean loss per trained token over the validation set."""
+def evaluate(loss_fn, examples, batch_size, batch_of, autocast, world: World | None = None) -> float:
+    """Mean loss per trained token over the validation set (each process takes its share of every
+    batch; the sums are the world's)."""
     import torch
 
+    world = world or World()
     loss_fn.eval()
     total, count = 0.0, 0
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
     with torch.no_grad():
         for i in range(0, len(ordered), batch_size):
-            batch = batch_of(ordered[i: i + batch_size])
+            whole = ordered[i: i + batch_size]
+            mine = world.shard(whole)
+            batch = batch_of(mine or whole[:1])  # every process runs every batch, as in training
             with autocast():
                 loss_sum, n = loss_fn(**batch)
-            total += loss_sum.item()
-            count += int(n)
+            if mine:
+                total += loss_sum.item()
+                count += int(n)
+    total, count = world.sum(total, count)
     return total / max(count, 1)
 
 
@@ -348,14 +388,29 @@ def load_data(cfg: TrainConfig, tokenizer, warn=None) -> tuple[Sequence, Sequenc
     return train_set, val_set, data, val
 
 
-def export(model, tokenizer, dest: Path) -> None:
-    """Write adapter/ (PEFT format, no embedding copies) or model/ (full weights), atomically."""
+def export(model, tokenizer, dest: Path, state_dict: dict | None = None) -> None:
+    """Write adapter/ (PEFT format, no embedding copies) or model/ (full weights), atomically.
+    `state_dict`: whole tensors of a sharded model."""
     from ..files import atomic_dir
 
     attention.uninstall(model)
     with atomic_dir(dest) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(tmp)
+
+
+def _whole_state(model, keep: bool) -> dict:
+    """A sharded model's state dict as whole tensors, kept by rank 0 only; tied weights (one
+    parameter under two names) stay one tensor, so save_pretrained writes them once as it does for
+    an unsharded model."""
+    whole, gathered = {}, {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in gathered:
+            gathered[id(t)] = full(t.detach())  # a collective: every process, the same order
+            if not keep:
+                gathered[id(t)] = None  # dropped at once: only rank 0 holds the whole model
+        whole[name] = gathered[id(t)]
+    return whole
 
 
 def _schedule(kind: str, warmup: int, total: int):

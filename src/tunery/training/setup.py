@@ -27,6 +27,10 @@ def check_method_supported(cfg: TrainConfig) -> None:
     """Refuse what this machine cannot do before any compute is spent."""
     import torch
 
+    if cfg.strategy == "fsdp" and cfg.method != "full":
+        raise ConfigError(f"strategy: fsdp shards a full fine-tune; {cfg.method} trains a small adapter, "
+                          "which ddp replicates cheaply (use --strategy ddp or auto)", field="strategy")
+
     if cfg.method == "qlora":
         if not torch.cuda.is_available():
             raise ConfigError("method: qlora quantises the base to 4 bits with bitsandbytes, which needs a CUDA GPU; "
@@ -105,6 +109,21 @@ def _store_frozen_linears_in_bf16(model) -> None:
         if isinstance(module, LoraLayer) and isinstance(base, torch.nn.Linear) and not base.weight.requires_grad \
                 and base.weight is not embedding:
             base.weight.data = base.weight.data.to(torch.bfloat16)
+
+
+def base_parameters(base: ResolvedModel) -> int:
+    """The base model's parameter count, from its safetensors headers (nothing is loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(base.path.glob("*.safetensors")):
+        with safe_open(path, "pt") as f:
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
 
 
 def count_parameters(model) -> tuple[int, int]:
