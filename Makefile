@@ -55,7 +55,7 @@ $(BIN)/.gguf: $(BIN)/.installed
 gguf: $(BIN)/.gguf
 
 test-gguf: gguf
-	$(BIN)/python -m pytest -q -m gguf
+	TUNERY_REQUIRE_GGUF=1 $(BIN)/python -m pytest -q -m gguf
 
 clean:
 	rm -rf $(VENV) .pytest_cache
