@@ -60,6 +60,16 @@ class ChatRequest:
     def cancel(self) -> None:
         self.cancelled.set()
 
+    def finish(self, result: "Generation | None" = None, error: BaseException | None = None) -> None:
+        """Settle the future (once) and end the stream: what every engine does with a done request."""
+        if not self.future.done():
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+        if self.stream is not None:
+            self.stream.put(None)
+
 
 @dataclass
 class _Prompting:
@@ -131,7 +141,7 @@ class Engine:
             pending, self._pending = self._pending, []
             self._cv.notify()
         for req in pending:
-            self._finish(req, error=Cancelled("the server is shutting down"))
+            req.finish(error=Cancelled("the server is shutting down"))
 
     # -- worker ----------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -145,18 +155,18 @@ class Engine:
             live = [r for r in batch if not r.cancelled.is_set()]
             for req in batch:
                 if req.cancelled.is_set():
-                    self._finish(req, error=Cancelled("the request was cancelled"))
+                    req.finish(error=Cancelled("the request was cancelled"))
             if not live:
                 continue
             try:
                 for req, result in zip(live, self._run(live)):
                     if req.cancelled.is_set():
-                        self._finish(req, error=Cancelled("the request was cancelled"))
+                        req.finish(error=Cancelled("the request was cancelled"))
                     elif result is not None:
-                        self._finish(req, result=result)
+                        req.finish(result=result)
             except BaseException as exc:  # a failed batch fails its requests, never the engine
                 for req in live:
-                    self._finish(req, error=exc)
+                    req.finish(error=exc)
 
     def _take_batch(self) -> list[ChatRequest]:
         first = self._pending.pop(0)
@@ -170,15 +180,6 @@ class Engine:
                     batch.append(req)
                     self._pending.remove(req)
         return batch
-
-    def _finish(self, req: ChatRequest, result: Generation | None = None, error: BaseException | None = None) -> None:
-        if not req.future.done():
-            if error is not None:
-                req.future.set_exception(error)
-            else:
-                req.future.set_result(result)
-        if req.stream is not None:
-            req.stream.put(None)
 
     def _run(self, batch: list[ChatRequest]) -> list[Generation | None]:
         """One turn of generation for a batch: finished requests get their Generation, preempted

@@ -88,7 +88,7 @@ class LlamaCppEngine:
             self._workers.clear()
             self._cv.notify_all()
         for req in pending:
-            _finish(req, error=Cancelled("the server is shutting down"))
+            req.finish(error=Cancelled("the server is shutting down"))
 
     # -- files and workers -----------------------------------------------------------------------
     def _worker(self, served) -> _Worker:
@@ -152,9 +152,9 @@ class LlamaCppEngine:
                     return
                 req = worker.queue.popleft()
             try:
-                _finish(req, result=self._generate(worker.model, req))
+                req.finish(result=self._generate(worker.model, req))
             except BaseException as exc:  # a failed request fails alone, never the worker
-                _finish(req, error=exc)
+                req.finish(error=exc)
 
     def _generate(self, model, req: ChatRequest) -> Generation:
         if req.cancelled.is_set():
@@ -184,13 +184,3 @@ class LlamaCppEngine:
                 text, finish = text[: text.index(s)], "stop"
         ended = answer.finish_reason == "stop"  # at an end-of-turn token, which usage counts
         return Generation(text, answer.prompt_tokens, answer.completion_tokens + ended, finish, answer.token_ids)
-
-
-def _finish(req: ChatRequest, result: Generation | None = None, error: BaseException | None = None) -> None:
-    if not req.future.done():
-        if error is not None:
-            req.future.set_exception(error)
-        else:
-            req.future.set_result(result)
-    if req.stream is not None:
-        req.stream.put(None)
