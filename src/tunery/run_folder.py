@@ -6,6 +6,8 @@
                                that run, which is how the registry tells its rows apart)
     RUN/metrics.jsonl          one line per optimizer step (and val_loss when computed)
     RUN/checkpoints/step-N/    resume points; complete once they hold the COMPLETE marker
+    RUN/reference.safetensors  dpo: the starting model's log-probabilities of every pair, written
+                               before the first step (a resumed run reads them, never recomputes)
     RUN/adapter/ | RUN/model/  PEFT adapter (LoRA/DoRA/QLoRA) or full weights, with tokenizer + template
     RUN/README.md              model card
     RUN/report/                `tunery compare`'s report.json and report.html
@@ -106,10 +108,10 @@ class RunFolder:
     """A run's folder. Cheap to make: nothing is read until asked."""
 
     CONFIG, INFO, METRICS, CHECKPOINTS = "config.yaml", "run.json", "metrics.jsonl", "checkpoints"
-    CARD, REPORT, EVAL_SET = "README.md", "report", "eval-set.jsonl"
+    CARD, REPORT, EVAL_SET, REFERENCE = "README.md", "report", "eval-set.jsonl", "reference.safetensors"
     ARTIFACTS = ("adapter", "model")
     # Everything tunery writes into a run folder; removing a model deletes only folders made of these.
-    ENTRIES = frozenset({CONFIG, INFO, METRICS, CHECKPOINTS, CARD, REPORT, EVAL_SET, *ARTIFACTS})
+    ENTRIES = frozenset({CONFIG, INFO, METRICS, CHECKPOINTS, CARD, REPORT, EVAL_SET, REFERENCE, *ARTIFACTS})
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -147,6 +149,10 @@ class RunFolder:
     @property
     def eval_set_file(self) -> Path:
         return self.path / self.EVAL_SET
+
+    @property
+    def reference_file(self) -> Path:
+        return self.path / self.REFERENCE
 
     def artifact(self, kind: str) -> Path:
         """adapter/ or model/: where the run's weights go."""

@@ -18,13 +18,13 @@ import os
 import random
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
 from .formats import Invalid, normalise, rows_with_format
-from .render import OVERLONG_POLICIES, Encoded, Renderer, apply_max_length
+from .render import OVERLONG_POLICIES, Encoded, PairEncoded, Renderer, apply_max_length
 from .types import Issue
 
 CHUNK = 1024  # examples per batched tokenizer call, at most
@@ -41,6 +41,61 @@ class Example:
     @property
     def n_trained(self) -> int:
         return sum(self.loss_mask)
+
+    @property
+    def size(self) -> int:
+        """Tokens, for grouping by length (a Pair's size counts both its sides)."""
+        return len(self.input_ids)
+
+
+@dataclass
+class Pair:
+    """Preference pair `index` of its set: the prompt with the chosen answer, and with the rejected one."""
+
+    index: int
+    chosen: Example
+    rejected: Example
+
+    @property
+    def size(self) -> int:
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids)
+
+    @property
+    def line(self) -> int:
+        return self.chosen.line
+
+
+class Pairs(Sequence):
+    """The pairs of a preference file, over its examples stored two by two (chosen, rejected), as
+    scans and the data cache keep them: len(), [i] -> Pair, subset(positions) and `lines` as the
+    examples have them, so splitting, batching and the run's records treat a pair as one example."""
+
+    def __init__(self, examples):
+        if len(examples) % 2:
+            raise DataError(f"a preference set holds chosen and rejected examples two by two, got {len(examples)}")
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples) // 2
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.subset(range(len(self))[i])
+        i = range(len(self))[i]
+        return Pair(i, self.examples[2 * i], self.examples[2 * i + 1])
+
+    def subset(self, positions) -> "Pairs":
+        at = [j for p in positions for j in (2 * int(p), 2 * int(p) + 1)]
+        if hasattr(self.examples, "subset"):
+            return Pairs(self.examples.subset(at))
+        return Pairs([self.examples[j] for j in at])
+
+    @property
+    def lines(self):
+        import numpy as np
+
+        lines = self.examples.lines if hasattr(self.examples, "lines") else np.array([e.line for e in self.examples])
+        return lines[::2]
 
 
 @dataclass
@@ -115,7 +170,7 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
             scan.error(issue)
         if conv is None:
             continue
-        canonical = json.dumps([conv.messages, conv.tools, conv.text], sort_keys=True, default=str)
+        canonical = json.dumps([conv.messages, conv.tools, conv.text, conv.rejected], sort_keys=True, default=str)
         duplicates.add(hashlib.blake2b(canonical.encode(), digest_size=16).digest(), line)
         if ground is not None:
             conv, warning = ground(conv)
@@ -231,12 +286,13 @@ def _none_usable(scan: Scan, max_length: int) -> str:
             f"has {min(scan.length_counts)} tokens); {fix}")
 
 
-def _account(scan: Scan, line: int, enc: "Encoded | Invalid", max_length: int, overlong: str, keep: bool,
-             sink: Sink | None) -> None:
+def _account(scan: Scan, line: int, enc: "Encoded | PairEncoded | Invalid", max_length: int, overlong: str,
+             keep: bool, sink: Sink | None) -> None:
     if isinstance(enc, Invalid):
         scan.error(Issue(line, enc.code, str(enc)))
         return
-    scan.length_counts[len(enc.input_ids)] += 1
+    sides = (enc.chosen, enc.rejected) if isinstance(enc, PairEncoded) else (enc,)
+    scan.length_counts[max(len(e.input_ids) for e in sides)] += 1
     fitted = apply_max_length(enc, max_length, overlong)
     if isinstance(fitted, Invalid):
         if overlong == "error" or fitted.code == "nothing_trainable":
@@ -247,17 +303,20 @@ def _account(scan: Scan, line: int, enc: "Encoded | Invalid", max_length: int, o
         return
     if fitted is not None:
         scan.truncated += 1
-        scan.warn(Issue(line, "truncated", f"{fitted.length_before_truncation} tokens truncated to {max_length}"))
+        before = max(e.length_before_truncation for e in sides)
+        scan.warn(Issue(line, "truncated", f"{before} tokens truncated to {max_length}"))
         enc = fitted
+        sides = (enc.chosen, enc.rejected) if isinstance(enc, PairEncoded) else (enc,)
     scan.n_kept += 1
     for code, message in enc.warnings:
         scan.warn(Issue(line, code, message))
-    scan.trained_tokens += enc.n_trained
-    scan.epoch_tokens += len(enc.input_ids)
-    if keep:
-        scan.kept.append(Example(line, enc.input_ids, enc.loss_mask))
-    if sink is not None:
-        sink(line, enc.input_ids, enc.loss_mask)
+    for e in sides:  # a pair is two records, chosen then rejected, with the same line
+        scan.trained_tokens += e.n_trained
+        scan.epoch_tokens += len(e.input_ids)
+        if keep:
+            scan.kept.append(Example(line, e.input_ids, e.loss_mask))
+        if sink is not None:
+            sink(line, e.input_ids, e.loss_mask)
 
 
 def split_examples(examples, val_fraction: float, seed: int):

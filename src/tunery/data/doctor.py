@@ -97,7 +97,8 @@ def _histogram(lengths: list[tuple[int, int]], bins: int = 10) -> list[dict]:
 
 
 def render_example(path: str | Path, k: int, cfg: DataConfig, tokenizer=None) -> tuple[int, list[tuple[str, bool]]]:
-    """Example k (1-based) as (line, [(text, trained)]) pieces, grouped by mask value."""
+    """Example k (1-based) as (line, [(text, trained)]) pieces, grouped by mask value (a preference
+    pair: its chosen side then its rejected side, each after a label piece)."""
     if tokenizer is None:
         from ..models import load_tokenizer
 
@@ -115,7 +116,11 @@ def render_example(path: str | Path, k: int, cfg: DataConfig, tokenizer=None) ->
     if isinstance(enc, Invalid):
         raise DataError(f"{path}:{line}: {enc} [{enc.code}]")
     pieces = []
-    for trained, group in itertools.groupby(zip(enc.input_ids, enc.loss_mask), key=lambda p: p[1]):
-        ids = [t for t, _ in group]
-        pieces.append((tokenizer.decode(ids, skip_special_tokens=False), bool(trained)))
+    sides = [("", enc)] if not hasattr(enc, "rejected") else [("[chosen]\n", enc.chosen), ("\n[rejected]\n", enc.rejected)]
+    for label, side in sides:  # a preference pair: both sides, labelled
+        if label:
+            pieces.append((label, False))
+        for trained, group in itertools.groupby(zip(side.input_ids, side.loss_mask), key=lambda p: p[1]):
+            ids = [t for t, _ in group]
+            pieces.append((tokenizer.decode(ids, skip_special_tokens=False), bool(trained)))
     return line, pieces

@@ -5,6 +5,12 @@
   alpaca      {"instruction", "input"?, "output", "system"?}
   sharegpt    {"conversations": [{"from", "value"}], "system"?}
   text        {"text"}   (no chat template: every token is trained)
+  preference  {"prompt", "chosen", "rejected"} (each a string or a message list; without "prompt", the
+              messages chosen and rejected share at the start are the prompt), or the hosted API's
+              {"input": {"messages", "tools"?}, "preferred_output": [...], "non_preferred_output": [...]}
+
+A preference row becomes one Conversation: the prompt then the chosen answer in `messages`, the
+rejected answer in `rejected`; only the answers carry loss (the prompt's assistant turns have weight 0).
 """
 
 import json
@@ -13,7 +19,7 @@ from ..errors import DataError
 from .readers import RowError
 from .types import Conversation, Issue
 
-FORMATS = ("chat", "completion", "alpaca", "sharegpt", "text")
+FORMATS = ("chat", "completion", "alpaca", "sharegpt", "text", "preference")
 ROLES = {"system", "user", "assistant", "tool"}
 ROLE_ALIASES = {"developer": "system"}  # the OpenAI API's newer name for system
 SHAREGPT_ROLES = {
@@ -32,6 +38,8 @@ class Invalid(Exception):
 
 
 def detect_format(row: dict) -> str | None:
+    if "preferred_output" in row or "non_preferred_output" in row or ("chosen" in row and "rejected" in row):
+        return "preference"
     if "messages" in row:
         return "chat"
     if "conversations" in row:
@@ -58,8 +66,8 @@ def detect_file_format(rows: list[tuple[int, object]], where: str) -> str:
             return "chat"  # no object to go by (only broken rows): report each row's own error
         raise DataError(
             f"{where}: cannot tell the dataset format: expected rows with 'messages' (chat), "
-            "'prompt'+'completion', 'instruction'+'output' (alpaca), 'conversations' (sharegpt) "
-            "or 'text'; pass --format to say which"
+            "'prompt'+'completion', 'instruction'+'output' (alpaca), 'conversations' (sharegpt), "
+            "'text', or 'chosen'+'rejected' / 'preferred_output' (preference pairs); pass --format to say which"
         )
     return max(seen, key=seen.get)
 
@@ -115,15 +123,17 @@ def _text(value, field: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-def _chat(row: dict) -> Conversation:
-    if "messages" not in row:
-        raise Invalid("missing_messages", "missing 'messages'")
+def _chat(row: dict, answer: bool = True, where: str = "messages") -> Conversation:
+    """`answer`: the conversation must hold an assistant turn (not so for a preference prompt)."""
+    if row.get("messages") is None:
+        raise Invalid("missing_messages", f"missing '{where}'")
     messages = row["messages"]
     if not isinstance(messages, list):
-        raise Invalid("messages_not_list", f"'messages' must be a list, got {_kind(messages)}")
+        raise Invalid("messages_not_list", f"'{where}' must be a list, got {_kind(messages)}")
     conv = Conversation(tools=_tools(row.get("tools")))
+    name = where
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
+        where = f"{name}[{i}]"
         if not isinstance(msg, dict):
             raise Invalid("not_object", f"{where} must be an object, got {_kind(msg)}")
         role = msg.get("role")
@@ -146,7 +156,7 @@ def _chat(row: dict) -> Conversation:
                 out[key] = msg[key]
         conv.messages.append(out)
         conv.weights.append(_weight(msg, where, role))
-    return _finish(conv)
+    return _finish(conv) if answer else conv
 
 
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # vLLM/DeepSeek, OpenRouter, GPT-OSS names
@@ -253,4 +263,58 @@ def _plain_text(row: dict) -> Conversation:
     return Conversation(text=_text(row.get("text"), "text"))
 
 
-_NORMALISERS = {"chat": _chat, "completion": _completion, "alpaca": _alpaca, "sharegpt": _sharegpt, "text": _plain_text}
+def _preference(row: dict) -> Conversation:
+    if "input" in row or "preferred_output" in row or "non_preferred_output" in row:  # the hosted API's shape
+        given = row.get("input")
+        if not isinstance(given, dict):
+            raise Invalid("missing_prompt", "'input' must be an object with 'messages'")
+        prompt = _chat({"messages": given.get("messages"), "tools": given.get("tools")}, answer=False)
+        chosen = _answer(row.get("preferred_output"), "preferred_output")
+        rejected = _answer(row.get("non_preferred_output"), "non_preferred_output")
+    elif "prompt" in row:
+        p = row["prompt"]
+        prompt = (_chat({"messages": p, "tools": row.get("tools")}, answer=False) if isinstance(p, list)
+                  else Conversation(messages=[{"role": "user", "content": _text(p, "prompt")}], weights=[None],
+                                    tools=_tools(row.get("tools"))))
+        chosen, rejected = _answer(row.get("chosen"), "chosen"), _answer(row.get("rejected"), "rejected")
+    else:  # chosen and rejected are whole conversations: what they share at the start is the prompt
+        both = [_chat({"messages": row.get(k), "tools": row.get("tools")}, answer=False, where=k)
+                for k in ("chosen", "rejected")]
+        shared = 0
+        for a, b in zip(both[0].messages, both[1].messages):
+            if a != b:
+                break
+            shared += 1
+        while shared and both[0].messages[shared - 1]["role"] == "assistant":  # an answer starts after the prompt
+            shared -= 1
+        if not shared:
+            raise Invalid("missing_prompt", "'chosen' and 'rejected' share no prompt: give 'prompt', or let both "
+                                            "conversations start with the same messages")
+        prompt = Conversation(messages=both[0].messages[:shared], weights=[None] * shared, tools=both[0].tools)
+        chosen = _answer(both[0].messages[shared:], "chosen", normalised=True)
+        rejected = _answer(both[1].messages[shared:], "rejected", normalised=True)
+    if prompt.messages and prompt.messages[-1]["role"] == "assistant":
+        raise Invalid("bad_prompt", "the prompt ends with an assistant message: the answers must follow a user "
+                                    "(or tool) message")
+    return Conversation(messages=prompt.messages + chosen,
+                        weights=[0.0 if m["role"] == "assistant" else None for m in prompt.messages] + [1.0] * len(chosen),
+                        tools=prompt.tools, rejected=rejected)
+
+
+def _answer(value, field: str, *, normalised: bool = False) -> list[dict]:
+    """A preference answer: a string, or a list of assistant messages (tool calls allowed)."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": _text(value, field)}]
+    if value is None:
+        raise Invalid("missing_answer", f"'{field}' is missing")
+    if not isinstance(value, list) or not value:
+        raise Invalid("missing_answer", f"'{field}' must be a string or a non-empty list of assistant messages")
+    msgs = value if normalised else _chat({"messages": value}, answer=False, where=field).messages
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            raise Invalid("bad_answer", f"{field}[{i}].role must be assistant, got {m['role']!r}")
+    return msgs
+
+
+_NORMALISERS = {"chat": _chat, "completion": _completion, "alpaca": _alpaca, "sharegpt": _sharegpt, "text": _plain_text,
+                "preference": _preference}

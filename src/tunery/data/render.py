@@ -46,6 +46,15 @@ class Encoded:
 
 
 @dataclass
+class PairEncoded:
+    """A preference pair: the prompt with its chosen answer, and with its rejected one."""
+
+    chosen: Encoded
+    rejected: Encoded
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
 class Span:
     """Characters [start, end) of the render that are trained; `turn` is the message index (-1: whole text)."""
 
@@ -174,8 +183,31 @@ class Renderer:
         return turns
 
     # -- tokens ---------------------------------------------------------------------------------
-    def encode_many(self, convs: Sequence[Conversation]) -> list["Encoded | Invalid"]:
-        """Encode a chunk of conversations with one batched tokenizer call."""
+    def encode_many(self, convs: Sequence[Conversation]) -> list["Encoded | PairEncoded | Invalid"]:
+        """Encode a chunk of conversations with one batched tokenizer call; a preference pair's two
+        sides are encoded alike and checked to share their prompt and differ in their answers."""
+        if all(c.rejected is None for c in convs):
+            return self._encode_many(convs)
+        flat = [side for c in convs for side in (c.sides() if c.rejected is not None else (c,))]
+        encoded = iter(self._encode_many(flat))
+        return [self._pair(next(encoded), next(encoded)) if c.rejected is not None else next(encoded) for c in convs]
+
+    def _pair(self, chosen: "Encoded | Invalid", rejected: "Encoded | Invalid") -> "PairEncoded | Invalid":
+        if self.mask == "all":
+            return Invalid("bad_mask", "mask all trains the prompt too: preference pairs compare their answers "
+                                       "(use mask assistant or last)")
+        for side, enc in (("chosen", chosen), ("rejected", rejected)):
+            if isinstance(enc, Invalid):
+                return Invalid(enc.code, f"{side}: {enc}")
+        starts = [e.loss_mask.index(1) for e in (chosen, rejected)]
+        if starts[0] != starts[1] or chosen.input_ids[:starts[0]] != rejected.input_ids[:starts[1]]:
+            return Invalid("prompt_mismatch", "the prompt tokenizes differently before the chosen and the rejected "
+                                              "answer, so the two are not scored on one prompt")
+        if chosen.input_ids == rejected.input_ids:
+            return Invalid("same_answers", "the chosen and the rejected answer are the same")
+        return PairEncoded(chosen, rejected, chosen.warnings + [w for w in rejected.warnings if w not in chosen.warnings])
+
+    def _encode_many(self, convs: Sequence[Conversation]) -> list["Encoded | Invalid"]:
         results: list[Encoded | Invalid | None] = [None] * len(convs)
         texts, spans, notes, where = [], [], [], []
         for k, conv in enumerate(convs):
@@ -277,8 +309,15 @@ def _clip(text: str, n: int = 120) -> str:
     return text if len(text) <= n else text[: n // 2] + " … " + text[-n // 2:]
 
 
-def apply_max_length(enc: Encoded, max_length: int, policy: str) -> "Encoded | Invalid | None":
-    """None keeps the example as is; otherwise the truncated example or why it is rejected."""
+def apply_max_length(enc: "Encoded | PairEncoded", max_length: int, policy: str) -> "Encoded | PairEncoded | Invalid | None":
+    """None keeps the example as is; otherwise the truncated example or why it is rejected (a pair
+    is cut, or rejected, as its longer side)."""
+    if isinstance(enc, PairEncoded):
+        fitted = [apply_max_length(e, max_length, policy) for e in (enc.chosen, enc.rejected)]
+        bad = next((f for f in fitted if isinstance(f, Invalid)), None)
+        if bad is not None or fitted == [None, None]:
+            return bad
+        return PairEncoded(fitted[0] or enc.chosen, fitted[1] or enc.rejected, enc.warnings)
     if len(enc.input_ids) <= max_length:
         return None
     if policy == "truncate":

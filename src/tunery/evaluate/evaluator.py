@@ -1,5 +1,10 @@
 """Evaluate one model on a dataset: loss and perplexity on the trained tokens, and generation
-metrics on each example's final assistant turn (batched, greedy, stopping at end of turn)."""
+metrics on each example's final assistant turn (batched, greedy, stopping at end of turn).
+
+On a preference file the final turn is each pair's chosen answer, and two more metrics compare
+the pair's answers by the model's summed log-probability, as DPO training scores them:
+pref_accuracy (the share of pairs whose chosen answer is the more likely) and pref_margin (the
+mean of log p(chosen) - log p(rejected), in nats)."""
 
 import math
 import random
@@ -73,6 +78,8 @@ def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int =
 
     scan = scan_file(path, make_renderer(generator.tokenizer, cfg), max_length=cfg.max_length,
                      overlong="truncate", fmt=cfg.format, keep=True, ground=ground)
+    if scan.format == "preference":  # the loss of the chosen answers: the examples are stored chosen, rejected
+        scan.kept = scan.kept[0::2]
     if not scan.kept:
         return None
     loss_fn = TokenLoss(generator.model)
@@ -85,6 +92,29 @@ def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int =
             total += loss_sum.item()
             count += int(n)
     return total / max(count, 1)
+
+
+def preference_scores(generator, path: str | Path, cfg: DataConfig, batch_size: int = 8) -> dict | None:
+    """{"pref_accuracy", "pref_margin", "pairs"} on a preference file (None for any other)."""
+    import contextlib
+    import functools
+
+    from ..data.dataset import Pairs
+    from ..training.batches import collate
+    from ..training.distributed import World
+    from ..training.loss import TokenLoss
+    from ..training.objectives import sequence_logprobs
+
+    scan = scan_file(path, make_renderer(generator.tokenizer, cfg), max_length=cfg.max_length,
+                     overlong="truncate", fmt=cfg.format, keep=True)
+    if scan.format != "preference" or not scan.kept:
+        return None
+    device = next(generator.model.parameters()).device
+    batch_of = functools.partial(collate, pad_id=generator.tokenizer.pad_token_id, device=device)
+    logp = sequence_logprobs(TokenLoss(generator.model), Pairs(scan.kept), batch_of, contextlib.nullcontext,
+                             batch_size, World())
+    diff = logp[:, 0] - logp[:, 1]
+    return {"pref_accuracy": float((diff > 0).double().mean()), "pref_margin": float(diff.mean()), "pairs": len(diff)}
 
 
 def retrieve(cases: list[Case], index_ref: str, k: int) -> dict:
@@ -166,6 +196,10 @@ def evaluate_model(model, data: str | Path, metrics: list[str], *, options: dict
     result = {"model": str(name), "data": str(data)} | evaluate(
         gen, cases, metrics, options=options, max_new_tokens=max_new_tokens, batch_size=batch_size, loss=loss,
         retrieved=found["hits"] if found else None)
+    preference = preference_scores(gen, data, cfg) if not retrieval else None
+    if preference:
+        result["metrics"] |= {k: preference[k] for k in ("pref_accuracy", "pref_margin")}
+        result["pairs"] = preference["pairs"]
     if found:
         result["retrieval"] = {k: v for k, v in found.items() if k != "hits"}
     return result

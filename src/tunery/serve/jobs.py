@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import AUTO_LR, TrainConfig
+from ..config import TrainConfig, auto_lr
 from ..errors import ConfigError, NotFound, StateError, TooLarge, validated
 from ..metrics import BUILTIN
 from ..home import tunery_home
@@ -110,12 +110,19 @@ class Hyperparameters(_Strict):
     learning_rate_multiplier: Literal["auto"] | Annotated[float, Field(gt=0, le=1000)] = "auto"
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Literal["auto"] | Annotated[float, Field(gt=0, le=10)] = "auto"
+
+
 class TuneryOptions(_Strict):
     """tunery's own recipe fields a client may set, within limits a shared server can carry. Not
     here, so refused: the data, output and resume paths (the server picks them), the model (the
     request's own `model`), lineage, and `module:function` metrics (code: a local feature only)."""
 
     method: Literal["full", "lora", "dora", "qlora"] | None = None
+    objective: Literal["sft", "dpo", "simpo"] | None = None  # method.type "dpo" sets dpo; simpo only here
+    beta: Annotated[float, Field(gt=0, le=10)] | None = None
+    simpo_gamma: Annotated[float, Field(ge=0, le=10)] | None = None
     max_steps: Annotated[int, Field(ge=1, le=100_000)] | None = None
     lr: Annotated[float, Field(gt=0, lt=1)] | None = None
     grad_accum: Annotated[int, Field(ge=1, le=64)] | None = None
@@ -141,7 +148,7 @@ class TuneryOptions(_Strict):
     eval_samples: Annotated[int, Field(ge=1, le=1000)] | None = None
     eval_max_new_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
     mask: Literal["assistant", "last", "all"] | None = None
-    format: Literal["auto", "chat", "completion", "alpaca", "sharegpt", "text"] | None = None
+    format: Literal["auto", "chat", "completion", "alpaca", "sharegpt", "text", "preference"] | None = None
     overlong: Literal["drop", "truncate", "error"] | None = None
     precision: Literal["auto", "fp32", "bf16"] | None = None
     gradient_checkpointing: bool | None = None
@@ -158,9 +165,16 @@ class Supervised(_Strict):
     hyperparameters: Hyperparameters | None = None
 
 
+class Dpo(_Strict):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(_Strict):
-    type: Literal["supervised"] = "supervised"  # the only method this server implements
+    """The hosted API's `method`: supervised, or dpo on preference pairs (the reinforcement method is not here)."""
+
+    type: Literal["supervised", "dpo"] = "supervised"
     supervised: Supervised | None = None
+    dpo: Dpo | None = None
     tunery: TuneryOptions | None = None
 
 
@@ -185,8 +199,14 @@ class JobRequest(_Strict):
                 **(method.model_dump(exclude_none=True) if method else {})}
 
     def hyper(self) -> Hyperparameters:
-        inner = self.method.supervised.hyperparameters if self.method and self.method.supervised else None
-        return inner or self.hyperparameters or Hyperparameters()
+        m = self.method
+        inner = (m.dpo.hyperparameters if m.type == "dpo" and m.dpo else m.supervised.hyperparameters
+                 if m.supervised else None) if m else None
+        return inner or self.hyperparameters or (DpoHyperparameters() if self.dpo else Hyperparameters())
+
+    @property
+    def dpo(self) -> bool:
+        return bool(self.method and self.method.type == "dpo")
 
 
 def create_job(body: dict, catalog) -> dict:
@@ -230,7 +250,12 @@ def config_for(request: dict, job_id: str) -> TrainConfig:
     req = _stored(request)
     hp, extra = req.hyper(), req.tuned()
     values = {"model": request.get("base_ref", req.model), "data": "(uploaded)", "method": "lora",
-              "seed": 42 if req.seed is None else req.seed, **extra}
+              "seed": 42 if req.seed is None else req.seed, **({"objective": "dpo"} if req.dpo else {}), **extra}
+    if req.dpo and values["objective"] == "sft":
+        raise ConfigError("tunery.objective: method.type dpo trains on preference pairs; sft contradicts it",
+                          "tunery.objective")
+    if getattr(hp, "beta", "auto") != "auto":
+        values["beta"] = hp.beta
     if req.suffix:
         values["suffix"] = req.suffix
     if "template" in extra:
@@ -243,7 +268,7 @@ def config_for(request: dict, job_id: str) -> TrainConfig:
     if hp.batch_size != "auto":
         values["batch_size"] = hp.batch_size
     if hp.learning_rate_multiplier != "auto":
-        values["lr"] = AUTO_LR[values["method"]] * hp.learning_rate_multiplier
+        values["lr"] = auto_lr(values["method"], values.get("objective", "sft")) * hp.learning_rate_multiplier
     values["out"] = str(tunery_home() / "jobs" / job_id / "run")
     try:
         return validated(TrainConfig, **values)
@@ -271,8 +296,12 @@ def job_object(row: dict) -> dict:
     lr = config.get("lr")
     resolved = {"n_epochs": config.get("epochs", hp.get("n_epochs", "auto")),
                 "batch_size": config.get("batch_size", hp.get("batch_size", "auto")),
-                "learning_rate_multiplier": round(lr / AUTO_LR[config.get("method", "lora")], 6)
+                "learning_rate_multiplier": round(lr / auto_lr(config.get("method", "lora"), config.get("objective", "sft")), 6)
                 if isinstance(lr, (int, float)) else hp.get("learning_rate_multiplier", "auto")}
+    preference = config.get("objective", "dpo" if request.get("method", {}).get("type") == "dpo" else "sft") != "sft"
+    if preference:
+        resolved["beta"] = config.get("beta") or hp.get("beta", "auto")
+    kind = "dpo" if preference else "supervised"
     return {
         "object": "fine_tuning.job", "id": row["id"], "model": row["model"], "created_at": row["created_at"],
         "finished_at": row["finished_at"], "fine_tuned_model": row["fine_tuned_model"],
@@ -282,7 +311,7 @@ def job_object(row: dict) -> dict:
         "error": json.loads(row["error"]) if row["error"] else None, "seed": request.get("seed") or 42,
         "estimated_finish": row["estimated_finish"], "metadata": request.get("metadata"),
         "user_provided_suffix": request.get("suffix"), "integrations": [],
-        "method": {"type": "supervised", "supervised": {"hyperparameters": resolved}},
+        "method": {"type": kind, kind: {"hyperparameters": resolved}},
     }
 
 

@@ -24,7 +24,8 @@ LENGTH_WINDOW = 32  # optimizer steps whose examples are sorted by length togeth
 
 def step_groups(examples: list[Example], seed: int, epoch: int, batch_size: int, grad_accum: int,
                 group_by_length: bool = True):
-    """Yield, for each optimizer step of the epoch, its list of micro-batches (lists of examples).
+    """Yield, for each optimizer step of the epoch, its list of micro-batches (lists of examples,
+    or of preference Pairs: anything with a `size` in tokens).
 
     With `group_by_length`, examples of similar length share a step (little padding); steps are
     formed within shuffled windows of LENGTH_WINDOW steps and then shuffled, so the order of
@@ -36,26 +37,34 @@ def step_groups(examples: list[Example], seed: int, epoch: int, batch_size: int,
         window = per_step * LENGTH_WINDOW
         steps = []
         for w in range(0, len(order), window):
-            chunk = sorted(order[w: w + window], key=lambda i: len(examples[i].input_ids))
+            chunk = sorted(order[w: w + window], key=lambda i: examples[i].size)
             steps += [chunk[s: s + per_step] for s in range(0, len(chunk), per_step)]
         random.Random(seed * 7919 + epoch).shuffle(steps)
     else:
         steps = [order[s: s + per_step] for s in range(0, len(order), per_step)]
     for idx in steps:
-        group = sorted((examples[i] for i in idx), key=lambda e: len(e.input_ids))
+        group = sorted((examples[i] for i in idx), key=lambda e: e.size)
         yield [group[i: i + batch_size] for i in range(0, len(group), batch_size)]
 
 
-def collate(batch: list[Example], pad_id: int, device, packed: bool = False, share_prefix: bool = False) -> dict:
-    """The keyword arguments of `TokenLoss` for one micro-batch.
+def collate(batch: list[Example], pad_id: int, device, packed: bool = False, share_prefix: bool = False,
+            sequences: bool = False) -> dict:
+    """The keyword arguments of `TokenLoss` for one micro-batch (with `sequences`, also which row
+    each target belongs to: TokenLoss then returns each row's summed log-probability).
 
     Padded: (rows, longest) tensors, right-padded. Packed (models whose attention supports it,
     see attention.py): one row of the batch's real tokens, a prefix all examples share stored
     once with `share_prefix`, and the layout attention needs to keep examples apart.
     Either way `target_at` indexes the flattened hidden states that predict a trained token.
     """
-    if packed:
-        return _packed(batch, device, share_prefix)
+    batch_ = _packed(batch, device, share_prefix) if packed else _padded(batch, pad_id, device)
+    if sequences:
+        rows = [r for r, e in enumerate(batch) for i in range(len(e.input_ids) - 1) if e.loss_mask[i + 1]]
+        batch_ |= {"target_row": torch.tensor(rows, dtype=torch.long, device=device), "rows": len(batch)}
+    return batch_
+
+
+def _padded(batch: list[Example], pad_id: int, device) -> dict:
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)

@@ -4,9 +4,9 @@
   2) build the model (full | LoRA | DoRA | QLoRA), AdamW, warmup + cosine/linear schedule
   3) resume from the newest intact checkpoint that loads, if asked (damaged ones are skipped with a
      warning); only then is the run recorded (run.json, the registry) as running
-  4) loop: for each optimizer step, micro-batches whose summed token losses are divided by the
-     step's total trained tokens (so batch 4 x accumulation 2 == batch 8), clip, step, log;
-     evaluate, checkpoint, early-stop on schedule
+  4) loop: for each optimizer step, micro-batches whose summed losses are divided by the step's
+     total units, trained tokens (sft) or pairs (dpo, simpo; objectives.py), so batch 4 x
+     accumulation 2 == batch 8; clip, step, log; evaluate, checkpoint, early-stop on schedule
   5) ship the selected weights (best or last) with tokenizer, config and model card
 
 With several processes (`--nproc N`, accelerate launch, torchrun) every process runs this same
@@ -44,6 +44,7 @@ from .control import OnStep, Signal, TrainingStopped
 from .distributed import World, full, shard_model
 from .generate_eval import generation_score
 from .loss import TokenLoss
+from .objectives import PREFERENCE_STATS, objective_for
 from .setup import base_parameters, build_model, check_method_supported, count_parameters, device_and_dtype
 
 __all__ = ["Run", "Signal", "TrainingStopped", "train"]
@@ -141,6 +142,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     packed = attention.installed(model)
     trainable, total = count_parameters(model)
     token_loss = TokenLoss(model)
+    objective = objective_for(run_cfg)
     fsdp = world.size > 1 and run_cfg.strategy == "fsdp"
     if fsdp:
         shard_model(token_loss)  # before the optimizer: its state is sharded as the weights are
@@ -190,7 +192,8 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     metrics = folder.open_metrics(resume_step=state.step if cfg.resume else None) if world.main else None
 
     processes = f", {world.size} processes ({run_cfg.strategy})" if world.size > 1 else ""
-    say(f"[bold]train[/] {cfg.method} on {base.name}: {len(train_set)} train / {len(val_set)} val examples, "
+    what = f"{cfg.objective} pairs" if cfg.preference else "examples"
+    say(f"[bold]train[/] {cfg.method} on {base.name}: {len(train_set)} train / {len(val_set)} val {what}, "
         f"{run_cfg.epochs} epochs, {total_steps} steps, lr {run_cfg.lr:g}, "
         f"batch {cfg.batch_size}x{cfg.grad_accum}, trainable {trainable:,} of {total:,} params, {device} "
         f"{str(dtype).replace('torch.', '')}{processes} → {folder.path}")
@@ -198,6 +201,9 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     # 4) loop -------------------------------------------------------------------------------------
     batch_of = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=accelerator.device, packed=packed,
                                  share_prefix=cfg.share_prefix)
+    if cfg.preference:  # dpo: the starting model's log-probabilities of every pair, before the first step
+        objective.prepare(token_loss, {"train": train_set, "val": val_set} if val_set else {"train": train_set},
+                          batch_of, autocast, folder, cfg.batch_size, world, resume=state.step > 0)
     template = load_template(tokenizer, cfg.template)  # the one training renders with
     stop_ids = stop_token_ids(tokenizer, template)
     select_by = "val_loss" if cfg.best_by == "val_loss" else metric_key  # the metrics row key checkpoints are chosen by
@@ -215,37 +221,45 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
                     continue  # already trained before the resume
                 t0 = time.perf_counter()
                 mine = [world.shard(mb) for mb in micro_batches]  # this process's examples of each micro-batch
-                group_tokens = int(world.sum(sum(sum(e.loss_mask[1:]) for mb in mine for e in mb))[0])  # the whole step's
-                step_loss, step_tokens = 0.0, 0
+                # the whole step's units (trained tokens or pairs) and trained tokens, over every process
+                group_units, group_tokens = (int(v) for v in world.sum(
+                    sum(objective.units(mb) for mb in mine), sum(objective.trained(mb) for mb in mine)))
+                step_loss, step_tokens, step_stats = 0.0, 0, {}
                 for i, mb in enumerate(mine):
                     with world.no_sync(loss_fn, sync=i == len(mine) - 1):  # gradients cross processes once per step
-                        batch = batch_of(mb or micro_batches[i][:1])  # an empty shard joins in at weight 0
+                        joined = mb or micro_batches[i][:1]  # an empty shard joins in at weight 0
+                        batch = batch_of(objective.rows(joined), sequences=objective.sequences)
                         with autocast():
-                            loss_sum, _ = loss_fn(**batch)
-                        accelerator.backward(loss_sum * (world.grad_scale if mb else 0) / group_tokens)
+                            loss_sum, stats = objective.loss(loss_fn, batch, joined)
+                        accelerator.backward(loss_sum * (world.grad_scale if mb else 0) / group_units)
                     if mb:
                         step_loss += loss_sum.detach()  # read once per step: no device sync per micro-batch
-                        step_tokens += sum(len(e.input_ids) for e in mb)
+                        step_tokens += objective.tokens(mb)
+                        step_stats = {k: step_stats.get(k, 0) + v for k, v in stats.items()}
                 grad_norm = full(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
                 lr_now = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step_loss, step_tokens = world.sum(float(step_loss), step_tokens)
+                step_loss, step_tokens, *stat_sums = world.sum(float(step_loss), step_tokens,
+                                                               *(float(step_stats.get(k, 0)) for k in PREFERENCE_STATS))
                 state.step += 1
                 state.trained_tokens += group_tokens
                 state.tokens += int(step_tokens)
                 step = state.step
-                row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": step_loss / group_tokens,
+                row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": step_loss / group_units,
+                       **({k: v / group_units for k, v in zip(PREFERENCE_STATS, stat_sums)} if cfg.preference else {}),
                        "lr": lr_now, "grad_norm": float(grad_norm), "tokens": state.tokens,
                        "trained_tokens": state.trained_tokens,
                        "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
                 last = step == total_steps
                 if val_set and (step % eval_every == 0 or last):
-                    row["val_loss"] = evaluate(token_loss, val_set, cfg.batch_size, batch_of, autocast, world)
+                    row |= evaluate(token_loss, val_set, cfg.batch_size, batch_of, autocast, world, objective)
                     model.train()
                 if metric_key and val_set and (step % cfg.eval_generate_every == 0 or last):
-                    samples = world.shard(val_set[: cfg.eval_samples])  # each process scores its share
+                    answers = [p.chosen for p in val_set[: cfg.eval_samples]] if cfg.preference \
+                        else val_set[: cfg.eval_samples]  # a pair's chosen answer is the reference
+                    samples = world.shard(answers)  # each process scores its share
                     with autocast():  # the frozen base may be stored in bf16 (setup.py)
                         score = generation_score(
                             model, tokenizer, samples, cfg.eval_metric, stop_ids,
@@ -326,27 +340,34 @@ def _check_eval_metric(cfg: TrainConfig) -> str | None:
     return f"eval_{cfg.eval_metric}"
 
 
-def evaluate(loss_fn, examples, batch_size, batch_of, autocast, world: World | None = None) -> float:
-    """Mean loss per trained token over the validation set (each process takes its share of every
-    batch; the sums are the world's)."""
+def evaluate(loss_fn, examples, batch_size, batch_of, autocast, world: World | None = None, objective=None) -> dict:
+    """{"val_loss"}: the mean loss per trained token over the validation set (per pair for the
+    preference objectives, with their rewards, margin and accuracy as val_*). Each process takes
+    its share of every batch; the sums are the world's."""
     import torch
 
+    from .objectives import SFT
+
     world = world or World()
+    objective = objective or SFT()
     loss_fn.eval()
-    total, count = 0.0, 0
-    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    total, count, sums = 0.0, 0, {}
+    ordered = sorted(examples, key=lambda e: e.size)
     with torch.no_grad():
         for i in range(0, len(ordered), batch_size):
             whole = ordered[i: i + batch_size]
             mine = world.shard(whole)
-            batch = batch_of(mine or whole[:1])  # every process runs every batch, as in training
+            joined = mine or whole[:1]
+            batch = batch_of(objective.rows(joined), sequences=objective.sequences)  # every process runs every batch
             with autocast():
-                loss_sum, n = loss_fn(**batch)
+                loss_sum, stats = objective.loss(loss_fn, batch, joined, split="val")
             if mine:
                 total += loss_sum.item()
-                count += int(n)
-    total, count = world.sum(total, count)
-    return total / max(count, 1)
+                count += objective.units(mine)
+                sums = {k: sums.get(k, 0.0) + float(v) for k, v in stats.items()}
+    names = sorted(sums)
+    total, count, *values = world.sum(total, count, *(sums[k] for k in names))
+    return {"val_loss": total / max(count, 1)} | {f"val_{k}": v / max(count, 1) for k, v in zip(names, values)}
 
 
 def load_data(cfg: TrainConfig, tokenizer, warn=None) -> tuple[Sequence, Sequence, DataRecord, DataRecord | None]:
@@ -373,19 +394,35 @@ def load_data(cfg: TrainConfig, tokenizer, warn=None) -> tuple[Sequence, Sequenc
         return enc
 
     train_enc = encode(cfg.data, ground)
-    train_set, val_set, val = train_enc.examples, [], None
+    train_set, val_set, val = _examples(cfg, train_enc, cfg.data), [], None
     # Whole-file warnings (the template's end-of-turn marker against the tokenizer) travel with the run.
     data = DataRecord.of_file(cfg.data, train_enc.rows, len(train_set), format=train_enc.format,
                               warnings=train_enc.notes or None, retrieval=ground.record() if ground else None)
     if cfg.val_data:
         val_enc = encode(cfg.val_data, val_ground)
-        val_set = val_enc.examples
+        val_set = _examples(cfg, val_enc, cfg.val_data)
         val = DataRecord.of_file(cfg.val_data, val_enc.rows, len(val_set))
     elif cfg.val_split > 0:
         train_set, val_set = split_examples(train_set, cfg.val_split, cfg.seed)
         val = DataRecord(split=cfg.val_split, used=len(val_set), lines=val_set.lines.tolist())
         data.used = len(train_set)
     return train_set, val_set, data, val
+
+
+def _examples(cfg: TrainConfig, enc, path: str):
+    """What the objective trains on: a preference file's pairs (dpo, simpo), or examples (sft; of a
+    preference file, its chosen answers)."""
+    from ..data.dataset import Pairs
+
+    if enc.format != "preference":
+        if cfg.preference:
+            raise ConfigError(f"objective: {cfg.objective} trains on preference pairs, but {path} holds {enc.format} "
+                              "examples; give rows with prompt/chosen/rejected (or the hosted API's input/"
+                              "preferred_output/non_preferred_output)", field="objective")
+        return enc.examples
+    if cfg.preference:
+        return Pairs(enc.examples)
+    return enc.examples.subset(range(0, len(enc.examples), 2))  # stored two by two: chosen, rejected
 
 
 def export(model, tokenizer, dest: Path, state_dict: dict | None = None) -> None:

@@ -1,5 +1,10 @@
 """Build the model to train: the base model, plus a LoRA/DoRA adapter or with every weight
-trainable (full), or 4-bit quantised under the adapter (QLoRA, CUDA only)."""
+trainable (full), or 4-bit quantised under the adapter (QLoRA, CUDA only).
+
+Training from an adapter fine-tune (a run or ft:... of LoRA/DoRA/QLoRA) starts from that model:
+an adapter method continues its adapter (its rank and target modules; the new run's adapter
+still applies to the same base, so serving and exports need nothing else), a full fine-tune
+starts from the adapter merged into the base."""
 
 from ..config import TrainConfig
 from ..errors import ConfigError, TuneryError
@@ -75,13 +80,22 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
     if attention.packing_supported(model.config, cfg.max_length):
         attention.install(model)  # padding-free micro-batches, a shared prefix computed once
     if cfg.method == "full":
+        if base.adapter is not None:  # start from the fine-tune: its adapter merged into the base
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(base.adapter)).merge_and_unload()
         model.requires_grad_(True)
         return model
 
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if base.adapter is not None:
+        model = _continued_adapter(model, base, cfg)
+        if device == "cpu" and dtype == torch.bfloat16 and cfg.method == "lora":
+            _store_frozen_linears_in_bf16(model)
+        return model
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, use_dora=cfg.method == "dora", bias="none", task_type="CAUSAL_LM",
@@ -93,6 +107,24 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
     if device == "cpu" and dtype == torch.bfloat16 and cfg.method == "lora":
         _store_frozen_linears_in_bf16(model)
     return model  # peft keeps adapter weights in fp32 over a bf16 base (autocast_adapter_dtype)
+
+
+def _continued_adapter(model, base: ResolvedModel, cfg: TrainConfig):
+    """The fine-tune's own adapter, trainable: its weights are where this run starts."""
+    import json
+
+    from peft import PeftModel
+
+    adapter_cfg = json.loads((base.adapter / "adapter_config.json").read_text())
+    kind = "dora" if adapter_cfg.get("use_dora") else "lora"
+    wanted = "lora" if cfg.method == "qlora" else cfg.method
+    if kind != wanted:
+        raise ConfigError(f"method: {base.reference} is a {kind} fine-tune; training from it continues its adapter, "
+                          f"so use --method {kind} (or full, which starts from it merged)", field="method")
+    try:
+        return PeftModel.from_pretrained(model, str(base.adapter), is_trainable=True)
+    except Exception as exc:
+        raise TuneryError(f"{base.adapter}: cannot load the adapter to continue ({type(exc).__name__}: {exc})") from None
 
 
 def _store_frozen_linears_in_bf16(model) -> None:
