@@ -92,7 +92,7 @@ def test_a_prompt_beyond_the_context_is_a_400_at_once(api):
     ({"hyperparameters": {"n_epochs": True}}, "hyperparameters.n_epochs"),
     ({"hyperparameters": {"batch_size": 10**9}}, "hyperparameters.batch_size"),
     ({"hyperparameters": {"warmup_steps": 3}}, "hyperparameters.warmup_steps"),
-    ({"method": {"type": "dpo"}}, "method.type"),
+    ({"method": {"type": "reinforcement"}}, "method.type"),
     ({"tunery": {"lora_r": 10**6}}, "tunery.lora_r"),
     ({"tunery": {"eval_metric": "os:symlink"}}, "tunery.eval_metric"),
     ({"method": {"tunery": {"eval_metric": "os:system"}}}, "method.tunery.eval_metric"),

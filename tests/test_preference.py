@@ -278,3 +278,90 @@ def test_job_object_reports_the_dpo_method():
            "run_dir": None}
     job = job_object(row)
     assert job["method"]["type"] == "dpo" and job["method"]["dpo"]["hyperparameters"]["beta"] == 0.3
+
+
+# -- against TRL -------------------------------------------------------------------------------------
+
+NO_NEWLINE_CHATML = (  # ChatML with nothing after <|im_end|>: TRL scores the same answer tokens as tunery
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _tunery_dpo_step0(policy_dir, ref_dir, path, beta: float) -> dict:
+    """tunery's objective on the pairs of a file, the reference's log-probabilities from another model."""
+    import contextlib
+    import functools
+
+    from transformers import AutoModelForCausalLM
+
+    from tunery.data.dataset import Pairs, scan_file
+    from tunery.data.doctor import make_renderer
+    from tunery.models import load_tokenizer
+    from tunery.training.batches import collate
+    from tunery.training.distributed import World
+    from tunery.training.loss import TokenLoss
+    from tunery.training.objectives import Preference, sequence_logprobs
+
+    tokenizer = load_tokenizer(str(policy_dir))
+    scan = scan_file(path, make_renderer(tokenizer, TrainConfig(model=str(policy_dir), data=str(path))),
+                     max_length=1024, keep=True)
+    pairs = Pairs(scan.kept)
+    results = []
+    for packed in (False, True):  # padded and packed micro-batches give the same numbers
+        batch_of = functools.partial(collate, pad_id=tokenizer.pad_token_id, device="cpu", packed=packed)
+        models = [AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32) for d in (policy_dir, ref_dir)]
+        if packed:
+            from tunery.training import attention
+
+            for m in models:
+                attention.install(m)
+        reference = sequence_logprobs(TokenLoss(models[1]), pairs, batch_of, contextlib.nullcontext, 8, World())
+        objective = Preference("dpo", beta, reference={"train": reference})
+        mb = list(pairs)
+        with torch.no_grad():
+            loss, stats = objective.loss(TokenLoss(models[0]), batch_of(objective.rows(mb), sequences=True), mb)
+        results.append({"loss": float(loss) / len(mb)} | {k: float(v) / len(mb) for k, v in stats.items()})
+    assert results[1] == pytest.approx(results[0], abs=1e-5)
+    return results[0] | {"tokens": [(p.chosen, p.rejected) for p in pairs]}
+
+
+@pytest.mark.parametrize("template", ["chatml", "no_newline"])
+def test_dpo_step0_matches_trl(tmp_path, template):
+    """The same pairs, policy and reference: tunery's DPO loss and rewards are TRL DPOTrainer's at step 0.
+    With ChatML, TRL also scores the newline the template writes after <|im_end|>, which tunery does
+    not train (the turn ends at its end-of-turn token): the tokens differ by exactly that newline, and
+    the loss matches on a template that writes nothing after it."""
+    pytest.importorskip("trl")
+    from tiny import build_model
+    from transformers import AutoTokenizer
+    from trl_dpo import trl_dpo_step0
+
+    policy, ref = build_model(tmp_path / "policy", seed=0), build_model(tmp_path / "ref", seed=1)
+    if template == "no_newline":
+        for folder in (policy, ref):
+            tok = AutoTokenizer.from_pretrained(folder)
+            tok.chat_template = NO_NEWLINE_CHATML
+            tok.save_pretrained(folder)
+    prompts = ["What is the capital of France?", "2+2?", "Say hello"]
+    chosen = ["Paris.", "4", "Hello!"]
+    rejected = ["It is London, I believe.", "The answer is five.", "Go away."]
+    trl_pairs = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+                  "rejected": [{"role": "assistant", "content": r}]} for p, c, r in zip(prompts, chosen, rejected)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": p, "chosen": c, "rejected": r}
+                                                  for p, c, r in zip(prompts, chosen, rejected)])
+    theirs = trl_dpo_step0(policy, ref, trl_pairs, beta=0.1)
+    ours = _tunery_dpo_step0(policy, ref, path, beta=0.1)
+    newline = AutoTokenizer.from_pretrained(policy).convert_tokens_to_ids("Ċ")  # byte-level "\n"
+    for t, sides in zip(theirs["tokens"], ours["tokens"]):
+        for scored, ours_ in zip((t["chosen_ids"], t["rejected_ids"]), sides):
+            assert t["prompt_ids"] + scored == ours_.input_ids  # the same sequence ...
+            trained = [i for i, m in zip(ours_.input_ids, ours_.loss_mask) if m]
+            assert trained + ([newline] if template == "chatml" else []) == scored  # ... scored on the answer
+    if template == "no_newline":
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
+        assert ours["rewards_chosen"] == pytest.approx(theirs["rewards/chosen"], abs=1e-5)
+        assert ours["rewards_rejected"] == pytest.approx(theirs["rewards/rejected"], abs=1e-5)
+        assert ours["rewards_margin"] == pytest.approx(theirs["rewards/margins"], abs=1e-5)
+        assert ours["accuracy"] == pytest.approx(theirs["rewards/accuracies"], abs=1e-6)
+    assert 0.3 < theirs["loss"] < 1.5 and abs(theirs["rewards/margins"]) > 1e-3  # policy and reference differ

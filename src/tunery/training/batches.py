@@ -10,6 +10,7 @@ import random
 import torch
 
 from ..data import Example
+from ..data.dataset import Pair
 from .attention import PackedLayout
 
 
@@ -37,14 +38,19 @@ def step_groups(examples: list[Example], seed: int, epoch: int, batch_size: int,
         window = per_step * LENGTH_WINDOW
         steps = []
         for w in range(0, len(order), window):
-            chunk = sorted(order[w: w + window], key=lambda i: examples[i].size)
+            chunk = sorted(order[w: w + window], key=lambda i: _tokens(examples[i]))
             steps += [chunk[s: s + per_step] for s in range(0, len(chunk), per_step)]
         random.Random(seed * 7919 + epoch).shuffle(steps)
     else:
         steps = [order[s: s + per_step] for s in range(0, len(order), per_step)]
     for idx in steps:
-        group = sorted((examples[i] for i in idx), key=lambda e: e.size)
+        group = sorted((examples[i] for i in idx), key=_tokens)
         yield [group[i: i + batch_size] for i in range(0, len(group), batch_size)]
+
+
+def _tokens(e) -> int:
+    """An example's length, or both sides of a preference pair."""
+    return e.size if isinstance(e, Pair) else len(e.input_ids)
 
 
 def collate(batch: list[Example], pad_id: int, device, packed: bool = False, share_prefix: bool = False,
