@@ -129,6 +129,33 @@ def test_a_job_trains_with_two_processes(server, tiny_model, tmp_path, home):
     assert RunFolder(home / "jobs" / job.id / "run").read_config()["nproc"] == 2
 
 
+def test_a_dpo_job_from_a_fine_tune(server, tiny_model, tmp_path):
+    """The hosted API's dpo method on its preference format, starting from a supervised job's model:
+    events carry the rewards, the job reports its method and beta, the result answers."""
+    c = client(server)
+    sft = c.fine_tuning.jobs.create(model="tiny", training_file=upload(c, tmp_path, rows("red")).id, extra_body={
+        "tunery": {"max_steps": 20, "val_split": 0, "lr": 0.01}})
+    sft = wait_for(c, sft.id, ("succeeded", "failed"))
+    assert sft.status == "succeeded", sft.error
+    pairs = [{"input": {"messages": [{"role": "user", "content": f"question {i}"}]},
+              "preferred_output": [{"role": "assistant", "content": "the color is red"}],
+              "non_preferred_output": [{"role": "assistant", "content": "the color is blue"}]} for i in range(16)]
+    f = upload(c, tmp_path, pairs, "pairs.jsonl")
+    job = c.fine_tuning.jobs.create(model=sft.fine_tuned_model, training_file=f.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "batch_size": 4}}},
+        extra_body={"tunery": {"max_steps": 4, "val_split": 0.25}})
+    done = wait_for(c, job.id, ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.2
+    metrics = [e for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    first = min(metrics, key=lambda e: e.data["step"])
+    assert abs(first.data["train_loss"] - 0.693147) < 1e-4  # the reference is the supervised model
+    assert {"rewards_margin", "accuracy", "val_rewards_margin", "val_accuracy"} <= set(metrics[0].data)
+    r = c.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "question 3"}],
+                                  max_tokens=24, temperature=0)
+    assert r.choices[0].message.content == "the color is red"
+
+
 def test_bad_file_fails_validation_with_line_numbers(server, tiny_model, tmp_path):
     c = client(server)
     bad = rows()[:3] + [{"messages": [{"role": "user", "content": "only a question"}]}, "{not json"]

@@ -59,6 +59,8 @@ AUTO_LR = {"full": 2e-5, "lora": 2e-4, "dora": 2e-4, "qlora": 2e-4}
 Objective = Literal["sft", "dpo", "simpo"]
 PREFERENCE_OBJECTIVES = ("dpo", "simpo")  # trained on preference pairs
 AUTO_BETA = {"dpo": 0.1, "simpo": 2.0}
+# What preference objectives log per step (and as val_* on validation), each averaged per pair.
+PREFERENCE_STATS = ("rewards_chosen", "rewards_rejected", "rewards_margin", "accuracy")
 # Preference objectives start from a model that already does the task and nudge it: a tenth of
 # the supervised learning rate (TRL's DPO default is 1e-6 for full fine-tunes, 5e-6..5e-5 with LoRA).
 PREFERENCE_LR_FACTOR = 0.1

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 
+from ..config import PREFERENCE_STATS
 from ..errors import TuneryError
 from ..home import tunery_home
 from ..registry import jobs as rows
@@ -175,6 +176,12 @@ def run(job: dict, parent: int) -> None:
         if "val_loss" in row:
             data["valid_loss"] = row["val_loss"]
             msg += f", validation loss={row['val_loss']:.4f}"
+        for key in PREFERENCE_STATS:  # dpo, simpo: the rewards, their margin and accuracy, and on validation
+            for name in (key, f"val_{key}"):
+                if name in row:
+                    data[name] = row[name]
+        if "rewards_margin" in row:
+            msg += f", reward margin={row['rewards_margin']:.4f}, accuracy={row['accuracy']:.2f}"
         with connect() as conn, transaction(conn):
             if first:  # after a resume, the steps since the checkpoint run again: one event each
                 rows.forget_metrics_from(conn, job_id, row["step"])

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..config import TrainConfig
+from ..config import PREFERENCE_STATS, TrainConfig
 from ..errors import TuneryError
 
-PREFERENCE_STATS = ("rewards_chosen", "rewards_rejected", "rewards_margin", "accuracy")
+__all__ = ["PREFERENCE_STATS", "Preference", "SFT", "objective_for", "sequence_logprobs"]
 
 
 class SFT:
