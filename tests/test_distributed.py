@@ -192,6 +192,35 @@ def test_two_processes_give_the_update_of_one(tiny_model, toy, tmp_path, one_pro
 
 
 @pytest.mark.process
+def test_two_processes_train_dpo_as_one(tiny_model, tmp_path):
+    """DPO with --nproc 2: each process takes its share of the pairs, for the reference computed
+    before the first step and for every micro-batch; the rewards and weights are one process's."""
+    from test_preference import pair_rows
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    runs = {}
+    for n in (1, 2):
+        runs[n] = tmp_path / f"n{n}"
+        out = subprocess.run([TUNERY, "train", *_args(tiny_model, pairs, runs[n], nproc=n, objective="dpo",
+                                                      batch_size=4, max_steps=4)],
+                             env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    _same_run(runs[1], runs[2])
+    one, two = _metrics(runs[1]), _metrics(runs[2])
+    for ra, rb in zip(one, two):
+        for key in ("rewards_margin", "accuracy", "val_rewards_margin"):
+            assert (key in ra) == (key in rb)
+            if key in ra:
+                assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (ra["step"], key)
+    ref = [(r / "reference.safetensors").read_bytes() for r in runs.values()]
+    from safetensors.torch import load
+
+    a, b = load(ref[0]), load(ref[1])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.process
 def test_two_processes_killed_then_resumed_match_an_uninterrupted_run(tiny_model, toy, tmp_path):
     """The uninterrupted run under torchrun; the other with --nproc 2, SIGKILLed after its step-6
     checkpoint (its processes die with it) and resumed: the same weights and metrics, dropout

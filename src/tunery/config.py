@@ -6,7 +6,7 @@ the loop runs, what config.yaml and the registry record, and what the jobs API r
 """
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -87,8 +87,8 @@ class TrainConfig(DataConfig):
     objective: Objective = Field(
         "sft", description="sft: learn the answers (supervised); dpo: prefer each pair's chosen answer to its rejected "
         "one, against the starting model as reference; simpo: the same without a reference (length-normalised)")
-    beta: float | Literal["auto"] | None = Field(
-        "auto", gt=0, description="Preference strength (dpo, simpo): how far from the reference the model may move; "
+    beta: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(
+        "auto", description="Preference strength (dpo, simpo): how far from the reference the model may move; "
         "auto: 0.1 for dpo, 2.0 for simpo")
     simpo_gamma: float = Field(1.0, ge=0, description="SimPO's target margin between chosen and rejected rewards")
     epochs: int | Literal["auto"] = Field("auto", description="Passes over the data; auto picks from the dataset size")
