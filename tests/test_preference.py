@@ -113,6 +113,28 @@ def test_show_prints_both_sides(tiny_model, pairs):
 
 # -- the objectives --------------------------------------------------------------------------------
 
+def test_chunked_logprobs_and_their_gradient_match_log_softmax(monkeypatch):
+    """Per-token log-probabilities in chunks, logits recomputed in backward, any weight per token."""
+    from torch import nn
+
+    from tunery.training import loss
+
+    monkeypatch.setattr(loss, "CHUNK", 3)  # several chunks
+    torch.manual_seed(0)
+    head = nn.Linear(16, 50, bias=False)
+    h = torch.randn(7, 16, requires_grad=True)
+    targets, upstream = torch.randint(0, 50, (7,)), torch.randn(7)
+    ours = loss.linear_logprobs(h, head, targets)
+    (ours * upstream).sum().backward()
+    grads = h.grad.clone(), head.weight.grad.clone()
+    h.grad = head.weight.grad = None
+    plain = torch.log_softmax(h @ head.weight.T, -1)[torch.arange(7), targets]
+    (plain * upstream).sum().backward()
+    torch.testing.assert_close(ours, plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[0], h.grad, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[1], head.weight.grad, rtol=0, atol=1e-5)
+
+
 def test_dpo_starts_at_log2_and_learns_the_preference(tiny_model, pairs, tmp_path):
     run = train(cfg(tiny_model, pairs, tmp_path / "r", max_steps=8, eval_every=4), progress=False)
     first, last = run.metrics[0], run.metrics[-1]

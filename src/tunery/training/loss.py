@@ -72,9 +72,16 @@ def linear_cross_entropy(h, lm_head: nn.Linear, targets, cache: dict | None = No
     autocast: 49k x 576 in bf16 is 17 ms per cast on 2 CPU cores, every micro-batch otherwise)."""
     if lm_head.bias is not None or not isinstance(lm_head, nn.Linear):  # rare heads: the plain way
         return nn.functional.cross_entropy(lm_head(h).float(), targets, reduction="sum")
-    weight = lm_head.weight
     if not torch.is_grad_enabled():  # evaluation: no gradient work (a trained head still requires grad)
-        h, weight = h.detach(), weight.detach()
+        h = h.detach()
+    weight, dtype = _head_weight(h, lm_head, cache)
+    return _LinearCrossEntropy.apply(h, weight, targets, dtype)
+
+
+def _head_weight(h, lm_head: nn.Linear, cache: dict | None):
+    """The output layer's weight and the dtype its matmuls run in (autocast's, or the weight's); a
+    frozen weight's cast is kept in `cache` while the weight is unchanged."""
+    weight = lm_head.weight if torch.is_grad_enabled() else lm_head.weight.detach()
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
     if cache is not None and not lm_head.weight.requires_grad and weight.dtype != dtype:
@@ -82,7 +89,7 @@ def linear_cross_entropy(h, lm_head: nn.Linear, targets, cache: dict | None = No
         if cache.get("key") != key:
             cache.update(key=key, weight=weight.to(dtype))
         weight = cache["weight"]
-    return _LinearCrossEntropy.apply(h, weight, targets, dtype)
+    return weight, dtype
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -126,14 +133,7 @@ def linear_logprobs(h, lm_head: nn.Linear, targets, cache: dict | None = None):
     backward rather than kept (N x vocabulary), and the gradient takes any weight per token."""
     if lm_head.bias is not None or not isinstance(lm_head, nn.Linear):
         return -nn.functional.cross_entropy(lm_head(h).float(), targets, reduction="none")
-    weight = lm_head.weight
-    device = h.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
-    if cache is not None and not lm_head.weight.requires_grad and weight.dtype != dtype:
-        key = (weight.data_ptr(), weight._version, dtype)
-        if cache.get("key") != key:
-            cache.update(key=key, weight=weight.to(dtype))
-        weight = cache["weight"]
+    weight, dtype = _head_weight(h, lm_head, cache)
     return _LinearLogprobs.apply(h, weight, targets, dtype)
 
 
