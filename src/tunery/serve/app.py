@@ -92,7 +92,7 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
             max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
             temperature=body.temperature, top_p=body.top_p, seed=None if body.seed is None else body.seed + i,
             stop=[body.stop] if isinstance(body.stop, str) else body.stop, tools=functions,
-            tool_choice=body.tool_choice if isinstance(body.tool_choice, str) else "function", forced=forced,
+            tool_choice=_choice_kind(body.tool_choice), forced=forced,
             parallel_tool_calls=body.parallel_tool_calls) for i in range(body.n)]
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
@@ -224,6 +224,10 @@ async def _until_done_or_gone(request: Request, futures: list, reqs: list[ChatRe
             req.cancel()
         raise Cancelled("the request was cancelled (the client went away, or the server is shutting down)")
     return [f.result() for f in futures]
+
+
+def _choice_kind(tool_choice) -> str:
+    return "auto" if tool_choice is None else tool_choice if isinstance(tool_choice, str) else "function"
 
 
 def _choice(index: int, message: dict, finish: str, warnings: list[dict]) -> dict:
