@@ -17,7 +17,7 @@ FLOORS = [
     ["models"],  # resolving references (ft: names through the registry), loading
     ["data"],  # formats, templates, masks, the data doctor
     ["retrieval"],  # document indexes: chunks, BM25 and embeddings, registered by name
-    ["metrics", "generation"],
+    ["metrics", "generation", "constrain"],
     ["training"],
     ["evaluate"],
     ["workflows", "serve", "export"],

@@ -24,7 +24,7 @@ CORPUS = [
 ] * 20
 
 
-def build_tokenizer(folder: Path, template: str = CHATML):
+def build_tokenizer(folder: Path, template: str = CHATML, corpus: list[str] = (), vocab: int = 400):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -32,9 +32,9 @@ def build_tokenizer(folder: Path, template: str = CHATML):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(CORPUS + list(corpus), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|im_end|>", unk_token="<|endoftext|>")
     fast.chat_template = template
@@ -65,18 +65,20 @@ def family_tokenizer(template: str, *, specials: list[str], eos: str, bos: str |
     return fast
 
 
-def build_model(folder: str | Path, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
-    """Write a tiny LlamaForCausalLM + tokenizer into `folder` and return it."""
+def build_model(folder: str | Path, *, layers: int = 2, hidden: int = 32, seed: int = 0, template: str = CHATML,
+                context: int = 512, corpus: list[str] = (), vocab: int = 400) -> Path:
+    """Write a tiny LlamaForCausalLM + tokenizer into `folder` and return it (`corpus`: more text for
+    the tokenizer to learn merges from)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(folder)
+    tokenizer = build_tokenizer(folder, template, corpus, vocab)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         # No pad id in the model config: Llama would zero that embedding row at init, and since the
         # tokenizer pads with EOS, a tied output layer could then never predict EOS.

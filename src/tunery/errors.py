@@ -55,11 +55,16 @@ class RegressionError(TuneryError):
 
 
 def field_of(loc) -> str:
-    """A pydantic error location as a dotted field name: without the union-member tags pydantic
-    adds (`literal['auto']`, `constrained-str`) and the request parts FastAPI adds (`body`)."""
-    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in ("body", "query", "path") or any(
-        c in p for c in "[-(")))]
-    return ".".join(parts)
+    """A pydantic error location as a dotted field name, list items indexed (`tools[0].function.name`),
+    without the union-member tags pydantic adds (`literal['auto']`, `constrained-str`) and the
+    request parts FastAPI adds (`body`)."""
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"  # a list's item: tools[0].function.name
+        elif not (p in ("body", "query", "path") or any(c in p for c in "[-(")):
+            out += f".{p}" if out else str(p)
+    return out
 
 
 def config_error(exc, source: str = "") -> ConfigError:

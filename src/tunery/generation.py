@@ -19,10 +19,11 @@ class Generation:
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[int], *, max_new_tokens: int,
                    temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
-                   streamer=None, stopping_criteria=None) -> list[Generation]:
+                   streamer=None, stopping_criteria=None, logits_processor=None) -> list[Generation]:
     """One left-padded batch through `model.generate` (KV cache), cut at end-of-turn or a stop string.
     `stopping_criteria` (transformers StoppingCriteria) may end rows early; such a row reports
-    finish_reason "length" with the tokens it has."""
+    finish_reason "length" with the tokens it has. `logits_processor`: transformers LogitsProcessors
+    (a constraint's mask, constrain.py)."""
     import torch
 
     pad = tokenizer.pad_token_id
@@ -40,7 +41,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[in
             input_ids=ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
             do_sample=sampling, temperature=temperature if sampling else None, top_p=top_p if sampling else None,
             top_k=None, eos_token_id=stop_ids, pad_token_id=pad, use_cache=True, streamer=streamer,
-            stopping_criteria=stopping_criteria, **extra)
+            stopping_criteria=stopping_criteria, logits_processor=logits_processor, **extra)
     results = []
     for r, p in enumerate(prompts):
         new = out[r, width:].tolist()
@@ -102,13 +103,14 @@ class IncrementalText:
     context, since a token's text can depend on its neighbours). Decoding everything at each
     token grows with the square of the answer's length."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, skip_special_tokens: bool = True):
         self.tokenizer, self.ids, self.text = tokenizer, [], ""
+        self.skip_special_tokens = skip_special_tokens
         self.context = self.read = 0  # ids[context:read]: the piece decoded last, as context
 
     def add(self, ids: list[int]) -> str:
         self.ids.extend(ids)
-        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
+        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=self.skip_special_tokens)
         before, after = decode(self.ids[self.context: self.read]), decode(self.ids[self.context:])
         if len(after) > len(before) and not after.endswith("\ufffd"):  # not inside a multi-byte character
             self.text += after[len(before):]

@@ -108,6 +108,17 @@ class ChatTemplate:
         return END_OF_TURN_TOKENS + ((eos,) if eos and eos not in END_OF_TURN_TOKENS else ())
 
     @cached_property
+    def tool_calls(self):
+        """How the template writes tool calls (a `tool_calls.CallFormat`), or the `Unsupported`
+        exception saying why it cannot carry them; probed once."""
+        from .tool_calls import CallFormat, Unsupported
+
+        try:
+            return CallFormat.probe(self)
+        except Unsupported as exc:
+            return exc
+
+    @cached_property
     def _shape(self) -> tuple[bool, str | None, str]:
         """(content as parts?, end marker or None if the probes failed, why they failed)."""
         why = ""

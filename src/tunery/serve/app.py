@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from ..errors import ModelNotFound, TuneryError, validated
 from ..generation import IncrementalText
-from . import errors
+from . import errors, tools
 from .catalog import Catalog
 from .engine import ChatRequest, Engine
 from .schemas import ChatCompletionRequest, TuneryChatOptions
@@ -78,7 +78,8 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         eng = app.state.engine
         resolved = await asyncio.to_thread(_resolve, eng, body.model)
-        messages = [_message(m) for m in body.messages]
+        messages = tools.messages([_message(m) for m in body.messages])
+        functions, forced = tools.check(body)
         extra = _tunery_options(body)
         citations = None
         grounding = await asyncio.to_thread(_grounding, resolved, extra.retrieval)
@@ -90,7 +91,9 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
             model=body.model, messages=messages,
             max_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
             temperature=body.temperature, top_p=body.top_p, seed=None if body.seed is None else body.seed + i,
-            stop=[body.stop] if isinstance(body.stop, str) else body.stop) for i in range(body.n)]
+            stop=[body.stop] if isinstance(body.stop, str) else body.stop, tools=functions,
+            tool_choice=_choice_kind(body.tool_choice), forced=forced,
+            parallel_tool_calls=body.parallel_tool_calls) for i in range(body.n)]
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
             for req in reqs:
@@ -108,10 +111,10 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
             return StreamingResponse(_stream(eng, reqs, cid, created, usage, citations),
                                      media_type="text/event-stream")
         gens = await _until_done_or_gone(request, futures, reqs)
+        tokenizer = eng.tokenizer_for(body.model) if functions else None
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": body.model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": gen.text},
-                         "finish_reason": gen.finish_reason, "logprobs": None} for i, gen in enumerate(gens)],
+            "choices": [_choice(i, *tools.answer(gen, req, tokenizer)) for i, (gen, req) in enumerate(zip(gens, reqs))],
             "usage": _usage(gens[0].prompt_tokens, sum(g.completion_tokens for g in gens)),
             **({"tunery": {"citations": citations}} if citations is not None else {}),
         }
@@ -223,6 +226,17 @@ async def _until_done_or_gone(request: Request, futures: list, reqs: list[ChatRe
     return [f.result() for f in futures]
 
 
+def _choice_kind(tool_choice) -> str:
+    return "auto" if tool_choice is None else tool_choice if isinstance(tool_choice, str) else "function"
+
+
+def _choice(index: int, message: dict, finish: str, warnings: list[dict]) -> dict:
+    """A choice of a chat completion; `tunery.warnings` says why an answer that began a tool call
+    is returned as text."""
+    return {"index": index, "message": message, "finish_reason": finish, "logprobs": None,
+            **({"tunery": {"warnings": warnings}} if warnings else {})}
+
+
 def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -267,9 +281,11 @@ async def _events(engine: Engine, reqs: list[ChatRequest], cid: str, created: in
                   citations: list | None):
     model = reqs[0].model
 
-    def chunk(index: int, delta: dict, finish=None, usage=None, extra=None) -> str:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    def chunk(index: int, delta: dict, finish=None, usage=None, extra=None, warnings=None) -> str:
+        choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        if warnings:
+            choice["tunery"] = {"warnings": warnings}
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
         if usage is not None:
             body["choices"], body["usage"] = [], usage
         return f"data: {json.dumps(body | (extra or {}))}\n\n"
@@ -287,6 +303,9 @@ async def _events(engine: Engine, reqs: list[ChatRequest], cid: str, created: in
     decoded: list[IncrementalText | None] = [None] * len(reqs)
     sent = [""] * len(reqs)
     hold = max((len(s) for s in reqs[0].stop or []), default=0)  # text that could still become a stop string
+    # Answers that may call tools are read with special tokens kept; text is held back from where a
+    # call begins (or may be beginning), and the calls go out whole when the answer is complete.
+    calls = reqs[0].call_format is not None and reqs[0].tool_choice != "none"
     for i in range(len(reqs)):
         yield chunk(i, {"role": "assistant", "content": ""},
                     extra={"tunery": {"citations": citations}} if citations is not None and i == 0 else None)
@@ -296,9 +315,11 @@ async def _events(engine: Engine, reqs: list[ChatRequest], cid: str, created: in
         i, item = await events.get()
         if item is not None:
             if decoded[i] is None:
-                decoded[i] = IncrementalText(engine.tokenizer_for(model))
+                decoded[i] = IncrementalText(engine.tokenizer_for(model), skip_special_tokens=not calls)
             text = decoded[i].add(item)
             visible = text[: len(text) - hold] if hold else text
+            if calls:
+                visible = tools.visible(visible[: tools.held_from(visible, reqs[i].call_format)], decoded[i].tokenizer)
             if len(visible) > len(sent[i]) and not visible.endswith("\ufffd"):
                 yield chunk(i, {"content": visible[len(sent[i]):]})
                 sent[i] = visible
@@ -312,9 +333,13 @@ async def _events(engine: Engine, reqs: list[ChatRequest], cid: str, created: in
             yield f"data: {json.dumps(errors.error_body(str(exc), 'server_error'))}\n\n"
             yield "data: [DONE]\n\n"
             return
-        if len(gen.text) > len(sent[i]) and gen.text.startswith(sent[i]):
-            yield chunk(i, {"content": gen.text[len(sent[i]):]})
-        yield chunk(i, {}, finish=gen.finish_reason)
+        message, finish, warnings = tools.answer(gen, reqs[i], engine.tokenizer_for(model) if calls else None)
+        text = message["content"] or ""
+        if len(text) > len(sent[i]) and text.startswith(sent[i]):
+            yield chunk(i, {"content": text[len(sent[i]):]})
+        if message.get("tool_calls"):
+            yield chunk(i, {"tool_calls": tools.call_deltas(message)})
+        yield chunk(i, {}, finish=finish, warnings=warnings)
         prompt_tokens, completion_tokens = gen.prompt_tokens, completion_tokens + gen.completion_tokens
     if include_usage:
         yield chunk(0, {}, usage=_usage(prompt_tokens, completion_tokens))

@@ -24,6 +24,7 @@ from ..data.render import stop_token_ids
 from ..data.template import load_template
 from ..errors import ConfigError, TuneryError
 from ..generation import Generation, generate_batch
+from . import tools
 from ..models import ResolvedModel, resolve_model
 
 QUANTUM = 16  # tokens a batch generates before it yields to waiting requests
@@ -44,17 +45,23 @@ class ChatRequest:
     stop: list[str] | None = None
     seed: int | None = None
     stream: "queue.Queue | None" = None  # receives token-id lists, then None at the end
+    tools: list[dict] | None = None  # function definitions, rendered into the prompt (serve/tools.py)
+    tool_choice: str = "auto"  # auto | none (answers are not read for calls) | required | function
+    forced: tuple[str, ...] | None = None  # the functions a forced call may name; None: not forced
+    parallel_tool_calls: bool = True
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     # Set by the engine: the rendered prompt, and what earlier turns of generation produced.
     prompt_ids: list[int] = field(default_factory=list)
     done_ids: list[int] = field(default_factory=list)
     rng_state: object = None
+    call_format: object = None  # how the model's template writes tool calls (data/tool_calls.py)
+    constraint: object = None  # a forced call's grammar (constrain.Constraint)
 
     def batch_key(self):
         """Requests that can share one generate call: same model, same greedy/sampling settings."""
-        if self.stream is not None or self.seed is not None:
-            return None  # streamed and seeded requests run alone
+        if self.stream is not None or self.seed is not None or self.constraint is not None:
+            return None  # streamed, seeded and constrained requests run alone
         return (self.model, self.temperature, self.top_p, tuple(self.stop or ()))
 
     def cancel(self) -> None:
@@ -118,9 +125,10 @@ class Engine:
         event loop). Unknown models and prompts beyond the context fail here, in the caller's thread."""
         resolved = self.resolve(req.model)
         p = self._prompting_for(resolved)
-        text = p.template.render(req.messages, None, add_generation_prompt=True)
+        text = tools.render(p.template, req)
         req.prompt_ids = p.tokenizer(text, add_special_tokens=False)["input_ids"]
         check_context(len(req.prompt_ids), req.max_tokens, p.context)
+        req.constraint = tools.constraint(req, p.tokenizer, p.stop_ids)
         with self._cv:
             if self._closed:
                 raise Cancelled("the server is shutting down")
@@ -224,7 +232,8 @@ class Engine:
         streamer = _QueueStreamer(r0.stream) if r0.stream is not None else None
         budget = max(r.max_tokens - len(r.done_ids) for r in batch)
         kw = dict(max_new_tokens=budget, temperature=r0.temperature, top_p=r0.top_p, stop=r0.stop,
-                  streamer=streamer, stopping_criteria=StoppingCriteriaList([turn]))
+                  streamer=streamer, stopping_criteria=StoppingCriteriaList([turn]),
+                  logits_processor=[r0.constraint.processor(len(r0.prompt_ids))] if r0.constraint else None)
         prompts = [r.prompt_ids + r.done_ids for r in batch]
         if resolved.adapter is None and hasattr(base.model, "disable_adapter"):
             with base.model.disable_adapter():

@@ -10,7 +10,8 @@ when the last stream decoding with it ends.
 
 Guarantees, as engine.py's:
   - a request is checked when it is submitted, in the caller's thread: its prompt, rendered by
-    the GGUF's own chat template and tokenized by llama.cpp, plus `max_tokens` must fit the
+    the GGUF's own chat template (as engine.py renders, tools included: serve/tools.py) and
+    tokenized by llama.cpp, plus `max_tokens` must fit the
     context llama.cpp runs the file with, else a ConfigError (an HTTP 400);
   - a streamed request gets its token ids on `req.stream` as they come, then None;
   - a cancelled request (its client went away) stops at the next token; `close()` stops the
@@ -25,8 +26,10 @@ from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from ..errors import TuneryError
+from ..data.template import ChatTemplate
+from ..errors import ConfigError, TuneryError
 from ..generation import Generation
+from . import tools
 from .engine import Cancelled, ChatRequest, check_context
 
 CONTEXT = 8192  # the most context a file runs with (less where its model was trained with less)
@@ -64,8 +67,12 @@ class LlamaCppEngine:
         served = self.resolve(req.model)
         worker = self._worker(served)
         model = worker.model
-        req.prompt_ids = model.tokenize(model.render(req.messages))
+        req.prompt_ids = model.tokenize(tools.render(_template(model), req))
         check_context(len(req.prompt_ids), req.max_tokens, model.n_ctx)
+        if req.forced:  # no constraint here: only calls the model makes are read
+            raise ConfigError("tool_choice: forcing a tool call needs tunery's own engine (serve without --engine "
+                              "llamacpp); the llama.cpp engine reads the calls a model makes (tool_choice auto)",
+                              "tool_choice")
         while not self._enqueue(worker, req):
             worker = self._worker(served)  # evicted and stopped meanwhile: load it again
         return req.future
@@ -184,3 +191,20 @@ class LlamaCppEngine:
                 text, finish = text[: text.index(s)], "stop"
         ended = answer.finish_reason == "stop"  # at an end-of-turn token, which usage counts
         return Generation(text, answer.prompt_tokens, answer.completion_tokens + ended, finish, answer.token_ids)
+
+
+def _template(model) -> ChatTemplate:
+    """The GGUF's own chat template, rendered as tunery's engine renders (tools included); compiled once."""
+    template = getattr(model, "tunery_template", None)
+    if template is None:
+        if not model.chat_template:
+            raise TuneryError(f"{model.path.name}: the GGUF carries no chat template (tokenizer.chat_template)")
+
+        def piece(i: int) -> str:
+            return model.decode([i], skip_special_tokens=False) if i >= 0 else ""
+
+        template = ChatTemplate(model.chat_template, {"bos_token": piece(model.llm.token_bos()),
+                                                      "eos_token": piece(model.llm.token_eos())})
+        model.tunery_template = template
+    return template
+

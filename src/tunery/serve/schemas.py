@@ -9,10 +9,56 @@ MAX_STOP = 4  # stop sequences per request, as the hosted API
 StopString = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+
+# -- tools (see serve/tools.py for what is checked beyond the shape) ------------------------------
+MAX_TOOLS = 128  # as the hosted API
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: ToolName
+    description: str | None = Field(None, max_length=8192)
+    parameters: dict | None = None  # a JSON schema of an object; none: any object
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: ToolName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: ToolName
+    arguments: str = Field(..., max_length=1_000_000)  # a JSON object, as a string (as the API sends it)
+
+
+class AssistantToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(..., max_length=256)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list | None = None
+    tool_calls: list[AssistantToolCall] | None = Field(None, max_length=128)  # an assistant's earlier calls
+    tool_call_id: str | None = Field(None, max_length=256)  # a tool message: the call it answers
 
 
 class StreamOptions(BaseModel):
@@ -32,6 +78,9 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
 
 class RetrievalOptions(BaseModel):
