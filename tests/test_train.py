@@ -439,3 +439,8 @@ def test_cpu_bf16_lora_casts_the_frozen_base_once(tiny_model, toy_data, tmp_path
         assert run.metrics[-1]["val_loss"] < run.metrics[1]["val_loss"] * 1.5
     finally:
         hardware.cpu_bf16_is_fast.cache_clear()
+
+
+def test_eval_every_none_evaluates_at_the_end_only(tiny_model, toy_data, tmp_path):
+    run = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=3, eval_every=None), progress=False)
+    assert ["val_loss" in r for r in run.metrics] == [False, False, True]

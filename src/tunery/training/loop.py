@@ -253,7 +253,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
                        "trained_tokens": state.trained_tokens,
                        "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
                 last = step == total_steps
-                if val_set and (step % eval_every == 0 or last):
+                if val_set and ((eval_every and step % eval_every == 0) or last):  # None: at the end only
                     row |= evaluate(token_loss, val_set, cfg.batch_size, batch_of, autocast, world, objective)
                     model.train()
                 if metric_key and val_set and (step % cfg.eval_generate_every == 0 or last):
