@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     ap.add_argument("--api-key", default="unused")
     ap.add_argument("--data", default=str(Path(__file__).parent / "val.jsonl"))
+    ap.add_argument("--workers", type=int, default=8, help="concurrent requests (the server batches them)")
     args = ap.parse_args()
     rows = [json.loads(line) for line in open(args.data)]
     model = args.model
@@ -72,7 +73,8 @@ def main():
         from tunery.run_folder import RunFolder
 
         model = RunFolder(Path(model)).read_info().name
-    result = measure(OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0), model, rows)
+    result = measure(OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=3600), model, rows,
+                     workers=args.workers)
     print(json.dumps(result))
     print(f"held-out calls right: {result['calls_right']}/{result['call_rows']}, no-tool answers without a call: "
           f"{result['no_tool_right']}/{result['no_tool_rows']}, final answers after the tool result: "
