@@ -143,7 +143,7 @@ def _chat(row: dict, answer: bool = True, where: str = "messages") -> Conversati
         out = {"role": role}
         tool_calls = msg.get("tool_calls")
         if tool_calls:
-            out["tool_calls"] = _tool_calls(tool_calls, where)
+            out["tool_calls"] = tool_calls_of(tool_calls, where)
         content = msg.get("content")
         if tool_calls and content is None:
             content = ""  # an assistant turn that only calls tools may have no text
@@ -182,7 +182,10 @@ def _weight(msg: dict, where: str, role: str) -> float | None:
     return float(w)
 
 
-def _tool_calls(calls, where: str) -> list[dict]:
+def tool_calls_of(calls, where: str) -> list[dict]:
+    """An assistant message's `tool_calls` (OpenAI shape, arguments a JSON string or an object) as chat
+    templates take them (arguments an object); Invalid naming `where` otherwise. Training data and the
+    server's chat requests both go through here."""
     if not isinstance(calls, list):
         raise Invalid("content_type", f"{where}.tool_calls must be a list")
     out = []

@@ -107,14 +107,14 @@ def _refs(x):
 def messages(given: list[dict]) -> list[dict]:
     """Messages as the template gets them: an assistant's calls with their arguments as objects
     (the training data path's own conversion), a tool message with the call it answers."""
-    from ..data.formats import Invalid, _tool_calls
+    from ..data.formats import Invalid, tool_calls_of
 
     out = []
     for i, m in enumerate(given):
         if m.get("tool_calls"):
             m = dict(m)
             try:
-                m["tool_calls"] = _tool_calls(m["tool_calls"], f"messages[{i}]")
+                m["tool_calls"] = tool_calls_of(m["tool_calls"], f"messages[{i}]")
             except Invalid as exc:
                 raise ConfigError(str(exc), f"messages[{i}].tool_calls") from None
         out.append(m)
