@@ -215,14 +215,15 @@ def test_dpo_from_a_lora_fine_tune_continues_its_adapter(tiny_model, pairs, tmp_
     """The reference is the SFT model (its adapter applied), and the new run's adapter starts from it."""
     from safetensors.torch import load_file
 
-    from tunery.evaluate.evaluator import preference_scores
+    from tunery.evaluate.evaluator import preference_scores, scan_for_eval
     from tunery.generation import Generator
 
     sft = train(cfg(tiny_model, pairs, tmp_path / "sft", objective="sft", max_steps=6, val_split=0), progress=False)
     assert sft.metrics[0]["loss"] > 1  # sft on a preference file: cross-entropy of the chosen answers
     dpo = train(cfg(sft.dir, pairs, tmp_path / "dpo", max_steps=2, val_split=0, lr=1e-9), progress=False)
     ref = load_file(str(RunFolder(dpo.dir).reference_file))["train.logprobs"]
-    scores = preference_scores(Generator(str(sft.dir)), pairs, TrainConfig(model=str(sft.dir), data=str(pairs)))
+    gen = Generator(str(sft.dir))
+    scores = preference_scores(gen, scan_for_eval(gen, pairs, TrainConfig(model=str(sft.dir), data=str(pairs))))
     assert scores["pref_margin"] == pytest.approx(float((ref[:, 0] - ref[:, 1]).mean()), rel=1e-4)
     a = load_file(sft.dir / "adapter" / "adapter_model.safetensors")
     b = load_file(dpo.dir / "adapter" / "adapter_model.safetensors")

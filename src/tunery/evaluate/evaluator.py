@@ -68,24 +68,30 @@ def with_prompting(prompt: list[dict], system: str | None, shots: list[dict]) ->
     return ([{"role": "system", "content": system}] if system else []) + shots + body
 
 
-def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int = 8, ground=None) -> float | None:
-    """Mean cross-entropy per trained token, computed exactly as training computes it (grounded
-    the same way when `ground` is given)."""
+def scan_for_eval(generator, path: str | Path, cfg: DataConfig, ground=None):
+    """The file's examples encoded as training encodes them (grounded the same way when `ground` is
+    given), overlong ones truncated, kept in memory: what the loss and the preference scores read."""
+    return scan_file(path, make_renderer(generator.tokenizer, cfg), max_length=cfg.max_length,
+                     overlong="truncate", fmt=cfg.format, keep=True, ground=ground)
+
+
+def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int = 8, ground=None,
+                 scan=None) -> float | None:
+    """Mean cross-entropy per trained token, computed exactly as training computes it (`scan`: the
+    file's scan_for_eval, when the caller has it)."""
     import torch
 
     from ..training.batches import collate
     from ..training.loss import TokenLoss
 
-    scan = scan_file(path, make_renderer(generator.tokenizer, cfg), max_length=cfg.max_length,
-                     overlong="truncate", fmt=cfg.format, keep=True, ground=ground)
-    if scan.format == "preference":  # the loss of the chosen answers: the examples are stored chosen, rejected
-        scan.kept = scan.kept[0::2]
-    if not scan.kept:
+    scan = scan or scan_for_eval(generator, path, cfg, ground)
+    kept = scan.kept[0::2] if scan.format == "preference" else scan.kept  # pairs are stored chosen, rejected
+    if not kept:
         return None
     loss_fn = TokenLoss(generator.model)
     device = next(generator.model.parameters()).device
     total, count = 0.0, 0
-    examples = sorted(scan.kept, key=lambda e: len(e.input_ids))
+    examples = sorted(kept, key=lambda e: len(e.input_ids))
     with torch.inference_mode():
         for i in range(0, len(examples), batch_size):
             loss_sum, n = loss_fn(**collate(examples[i: i + batch_size], generator.tokenizer.pad_token_id, device))
@@ -94,8 +100,8 @@ def dataset_loss(generator, path: str | Path, cfg: DataConfig, batch_size: int =
     return total / max(count, 1)
 
 
-def preference_scores(generator, path: str | Path, cfg: DataConfig, batch_size: int = 8) -> dict | None:
-    """{"pref_accuracy", "pref_margin", "pairs"} on a preference file (None for any other)."""
+def preference_scores(generator, scan, batch_size: int = 8) -> dict | None:
+    """{"pref_accuracy", "pref_margin", "pairs"} from a preference file's scan_for_eval (None for any other)."""
     import contextlib
     import functools
 
@@ -105,8 +111,6 @@ def preference_scores(generator, path: str | Path, cfg: DataConfig, batch_size: 
     from ..training.loss import TokenLoss
     from ..training.objectives import sequence_logprobs
 
-    scan = scan_file(path, make_renderer(generator.tokenizer, cfg), max_length=cfg.max_length,
-                     overlong="truncate", fmt=cfg.format, keep=True)
     if scan.format != "preference" or not scan.kept:
         return None
     device = next(generator.model.parameters()).device
@@ -192,11 +196,12 @@ def evaluate_model(model, data: str | Path, metrics: list[str], *, options: dict
 
         cfg = cfg.model_copy(update={"retrieval": retrieval, "retrieval_k": retrieval_k})
         ground, found = grounding_for(cfg, distractors=False), retrieve(cases, retrieval, retrieval_k)
-    loss = dataset_loss(gen, data, cfg, ground=ground)
+    scan = scan_for_eval(gen, data, cfg, ground)  # once, for the loss and the preference scores
+    loss = dataset_loss(gen, data, cfg, scan=scan)
     result = {"model": str(name), "data": str(data)} | evaluate(
         gen, cases, metrics, options=options, max_new_tokens=max_new_tokens, batch_size=batch_size, loss=loss,
         retrieved=found["hits"] if found else None)
-    preference = preference_scores(gen, data, cfg) if not retrieval else None
+    preference = preference_scores(gen, scan) if not retrieval else None
     if preference:
         result["metrics"] |= {k: preference[k] for k in ("pref_accuracy", "pref_margin")}
         result["pairs"] = preference["pairs"]

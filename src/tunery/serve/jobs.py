@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import TrainConfig, auto_lr
+from ..config import PREFERENCE_OBJECTIVES, TrainConfig, auto_lr
 from ..errors import ConfigError, NotFound, StateError, TooLarge, validated
 from ..metrics import BUILTIN
 from ..home import tunery_home
@@ -199,9 +199,9 @@ class JobRequest(_Strict):
                 **(method.model_dump(exclude_none=True) if method else {})}
 
     def hyper(self) -> Hyperparameters:
-        m = self.method
-        inner = (m.dpo.hyperparameters if m.type == "dpo" and m.dpo else m.supervised.hyperparameters
-                 if m.supervised else None) if m else None
+        """The hyperparameters of the request's method (dpo's carry beta), else the top-level ones."""
+        block = getattr(self.method, self.method.type, None) if self.method else None
+        inner = block.hyperparameters if block else None
         return inner or self.hyperparameters or (DpoHyperparameters() if self.dpo else Hyperparameters())
 
     @property
@@ -298,7 +298,9 @@ def job_object(row: dict) -> dict:
                 "batch_size": config.get("batch_size", hp.get("batch_size", "auto")),
                 "learning_rate_multiplier": round(lr / auto_lr(config.get("method", "lora"), config.get("objective", "sft")), 6)
                 if isinstance(lr, (int, float)) else hp.get("learning_rate_multiplier", "auto")}
-    preference = config.get("objective", "dpo" if request.get("method", {}).get("type") == "dpo" else "sft") != "sft"
+    # Before the run starts its config is unknown here: the request's method says.
+    objective = config.get("objective") or ("dpo" if (request.get("method") or {}).get("type") == "dpo" else "sft")
+    preference = objective in PREFERENCE_OBJECTIVES
     if preference:
         resolved["beta"] = config.get("beta") or hp.get("beta", "auto")
     kind = "dpo" if preference else "supervised"
