@@ -20,7 +20,8 @@ FLOORS = [
     ["metrics", "generation", "constrain"],
     ["training"],
     ["evaluate"],
-    ["workflows", "serve", "export"],
+    ["workflows"],  # re-running a recorded recipe: retrain, reeval, stale bases
+    ["serve", "export"],
     ["cli_registry", "cli_index"],
     ["cli"],
     ["__main__"],  # python -m tunery: what launchers (torchrun, accelerate launch) start

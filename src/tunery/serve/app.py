@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from ..errors import ModelNotFound, TuneryError, validated
 from ..generation import IncrementalText
-from . import errors, tools
+from . import console, errors, tools
 from .catalog import Catalog
 from .engine import ChatRequest, Engine
 from .schemas import ChatCompletionRequest, TuneryChatOptions
@@ -44,6 +44,7 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
         if worker is not None:
             worker.start()
         yield
+        app.state.tasks.close()
         app.state.engine.close()
         if worker is not None:
             worker.stop()
@@ -60,9 +61,13 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
     errors.install(app)
     app.add_middleware(Guard, api_key=api_key, max_upload_bytes=max_upload_bytes)
 
-    from .ft_routes import router
+    from . import ft_routes, tunery_routes
+    from .tasks import Tasks
 
-    app.include_router(router(max_upload_bytes, catalog))
+    app.state.tasks = Tasks(scrub=tunery_routes.strip_paths)
+    app.include_router(ft_routes.router(max_upload_bytes, catalog))
+    app.include_router(tunery_routes.router(catalog, app.state.tasks))
+    app.include_router(console.router(api_key))
 
     @app.get("/v1/models")
     async def list_models():
@@ -168,9 +173,11 @@ def _ground(messages: list[dict], index, k: int) -> tuple[list[dict], list[dict]
 
 
 class Guard:
-    """Pure ASGI middleware, outermost: the API key on every path, and a body's declared
-    Content-Length against its limit (uploads: --max-upload-mb; JSON: MAX_JSON_BYTES), both before
-    a byte of the body is read. A body without a Content-Length is refused (411)."""
+    """Pure ASGI middleware, outermost: the API key on every path (as a Bearer header, or as the
+    console's session cookie: console.py), and a body's declared Content-Length against its limit
+    (uploads: --max-upload-mb; JSON: MAX_JSON_BYTES), both before a byte of the body is read. A
+    body without a Content-Length is refused (411). Without a key, a browser page asks for the
+    login page; the login page and its script and style need none."""
 
     def __init__(self, app, api_key: str | None, max_upload_bytes: int):
         self.app, self.api_key, self.max_upload_bytes = app, api_key, max_upload_bytes
@@ -179,10 +186,21 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.api_key is not None:
+        if self.api_key is not None and not console.is_public(scope["path"]):
             header = headers.get(b"authorization", b"").decode("latin-1")
             given = header[7:] if header.lower().startswith("bearer ") else ""
-            if not secrets.compare_digest(given.encode(), self.api_key.encode()):
+            if secrets.compare_digest(given.encode(), self.api_key.encode()):
+                pass
+            elif console.session_of(headers, self.api_key):
+                if console.cross_site_write(scope["method"], headers):
+                    return await _reply(send, 403, "a console request that changes state must carry the header "
+                                        "X-Tunery-Console: 1", code="csrf")
+            elif scope["method"] in ("GET", "HEAD") and console.is_page(scope["path"]):
+                location = console.login_redirect(scope["path"], scope.get("query_string", b"").decode("latin-1"))
+                await send({"type": "http.response.start", "status": 303,
+                            "headers": [(b"location", location.encode()), (b"content-length", b"0")]})
+                return await send({"type": "http.response.body", "body": b""})
+            else:
                 return await _reply(send, 401, "Incorrect API key provided.", code="invalid_api_key")
         length = headers.get(b"content-length", b"").decode("latin-1")
         if b"transfer-encoding" in headers and not length:

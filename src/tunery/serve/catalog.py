@@ -82,6 +82,17 @@ class Catalog:
         self.resolve(name)
         return self.bases.get(name, name)
 
+    def name_for(self, reference: str) -> str | None:
+        """The name this catalog serves a recorded base reference under (a fine-tune's base), or
+        None when it serves no such base: the default by its alias, a configured base by its name."""
+        if self.engine == "llamacpp":
+            return next((n for n, ref in self.bases.items() if _same_path(ref, reference)), None)
+        if str(reference).lower() in DEFAULT_ALIASES:
+            return "default"
+        if REGISTRY_REF.match(str(reference)):  # a fine-tune of a fine-tune: served by its name
+            return str(reference)
+        return next((n for n, ref in self.bases.items() if ref == reference or _same_path(ref, reference)), None)
+
     def resolve(self, name: str) -> ResolvedModel:
         if not isinstance(name, str) or not name:
             raise ModelNotFound("model is required", "model")
@@ -204,4 +215,11 @@ def _is_gguf(path: Path) -> bool:
         with open(path, "rb") as f:
             return f.read(4) == b"GGUF"
     except OSError:
+        return False
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, RuntimeError):
         return False
