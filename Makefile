@@ -25,7 +25,8 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/python examples/contacts/demo.py
 
-# The report test renders HTML in headless Chromium (Debian's package).
+# The report test renders HTML in headless Chromium (Debian's package); the console's browser test
+# drives the same Chromium through Playwright (which cannot download its own browser here).
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
@@ -44,7 +45,7 @@ lint: setup
 test: setup browser go lint
 	$(BIN)/python -m pytest -q -m "not process and not gguf"
 
-test-process: setup
+test-process: setup browser
 	$(BIN)/python -m pytest -q -m "process and not gguf"
 
 # The gguf extra builds llama.cpp from source once (minutes; pip caches the wheel).

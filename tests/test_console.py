@@ -203,3 +203,16 @@ def test_task_requests_are_checked(app, lab):
     r = app.post(f"/v1/tunery/models/{lab['name']}/retrain", headers=AUTH, json={"base": "/etc"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "base"
     assert app.get("/v1/tunery/tasks/task-nope", headers=AUTH).status_code == 404
+
+
+def test_retrain_on_a_served_base_records_lineage(app, lab):
+    task = app.post(f"/v1/tunery/models/{lab['name']}/retrain", headers=AUTH, json={"base": "tiny"}).json()
+    done = wait_task(app, task, timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    new = done["result"]["new"]
+    assert new != lab["name"] and done["result"]["rows"]
+    no_server_paths(done, lab)
+    one = app.get(f"/v1/tunery/models/{new}", headers=AUTH).json()
+    assert one["derived_from"] == lab["id"] and one["lineage"]["ancestors"][0]["name"] == lab["name"]
+    parent = app.get(f"/v1/tunery/models/{lab['name']}", headers=AUTH).json()
+    assert [d["name"] for d in parent["lineage"]["descendants"]] == [new]
