@@ -58,6 +58,9 @@ def serve(
         served = Engine(max_adapters=max_adapters, resolver=catalog.resolve)
     app = create_app(served, api_key=api_key, jobs_worker=jobs, max_upload_bytes=max_upload_mb * 2**20,
                      catalog=catalog)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"tunery: the API at http://{shown}:{port}/v1, the console at http://{shown}:{port}/"
+          + (" (log in with the API key)" if api_key else ""), flush=True)
     # On SIGTERM / Ctrl-C: stop taking requests, give those in flight a few seconds, then stop
     # generation at the next token (the lifespan's engine.close()).
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
