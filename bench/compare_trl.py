@@ -200,16 +200,21 @@ def _trl(side, meta, folder, args, train_rows, val_rows) -> dict:
 
 
 def matmul_gflops(seconds: float = 3.0, dtype: str = "fp32") -> float:
+    """The matmul rate at 2048³; a bf16 that is not native (no AVX512-BF16/AMX, or held below
+    them) is timed at 512³ instead, since one 2048³ product takes about a minute there."""
     import torch
 
+    from tunery.models.hardware import cpu_bf16_is_fast
+
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
+    size = 512 if dtype == "bf16" and not cpu_bf16_is_fast() else 2048
+    a, b = torch.randn(size, size, dtype=dt), torch.randn(size, size, dtype=dt)
     a @ b
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
-    return 2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9
+    return 2 * size**3 * n / (time.perf_counter() - t0) / 1e9
 
 
 def main() -> None:
@@ -272,6 +277,8 @@ def main() -> None:
 def summarise(results: dict, meta: dict, args, gflops: float) -> dict:
     import torch
 
+    from tunery.models.hardware import cpu_kind
+
     med = {s: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "peak_rss_mb", "val_loss", "step0_loss")}
            for s, rs in results.items() if rs}
     t = med.get("tunery")
@@ -281,7 +288,7 @@ def summarise(results: dict, meta: dict, args, gflops: float) -> dict:
         "torch_threads": torch.get_num_threads(), "model": "tiny random (quick)" if args.quick else args.model,
         "params": n_params,
         "steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds, "date": time.strftime("%Y-%m-%d"),
-        "precision": meta["precision"],
+        "precision": meta["precision"], "cpu": cpu_kind(),
         "matmul_gflops": {k: round(v, 1) for k, v in gflops.items()},
     }
     if t:

@@ -444,3 +444,19 @@ def test_cpu_bf16_lora_casts_the_frozen_base_once(tiny_model, toy_data, tmp_path
 def test_eval_every_none_evaluates_at_the_end_only(tiny_model, toy_data, tmp_path):
     run = train(cfg(tiny_model, toy_data, tmp_path / "r", max_steps=3, eval_every=None), progress=False)
     assert ["val_loss" in r for r in run.metrics] == [False, False, True]
+
+
+def test_validation_is_capped_and_the_cap_recorded(tiny_model, toy_data, tmp_path):
+    """val_max: a split holds out at most that many (the rest train); a val file is sampled down to
+    it, the same sample each run; the resolved config says which cap applied."""
+    split = train(cfg(tiny_model, toy_data, tmp_path / "s", max_steps=1, val_split=0.5, val_max=5), progress=False)
+    assert split.config["val_max"] == 5 and split.info.val.used == 5 and split.info.data.used == 43
+    auto = train(cfg(tiny_model, toy_data, tmp_path / "a", max_steps=1, val_split=0.5), progress=False)
+    assert auto.config["val_max"] == 256 and auto.info.val.used == 24  # under the cap: as asked
+    val_file = write_jsonl(tmp_path / "val.jsonl", toy_rows(20))
+    runs = [train(cfg(tiny_model, toy_data, tmp_path / f"f{i}", max_steps=1, val_data=str(val_file), val_max=7),
+                  progress=False) for i in range(2)]
+    assert [r.info.val.used for r in runs] == [7, 7] and runs[0].metrics[-1]["val_loss"] == runs[1].metrics[-1]["val_loss"]
+    every = train(cfg(tiny_model, toy_data, tmp_path / "all", max_steps=1, val_data=str(val_file), val_max=0),
+                  progress=False)
+    assert every.info.val.used == 20 and every.config["val_max"] == 0

@@ -59,6 +59,9 @@ AUTO_LR = {"full": 2e-5, "lora": 2e-4, "dora": 2e-4, "qlora": 2e-4}
 Objective = Literal["sft", "dpo", "simpo"]
 PREFERENCE_OBJECTIVES = ("dpo", "simpo")  # trained on preference pairs
 AUTO_BETA = {"dpo": 0.1, "simpo": 2.0}
+# Validation examples a run evaluates (val_max auto): a loss over a few hundred examples is precise
+# enough to pick a checkpoint, and evaluating a thousand ten times a run costs about what training does.
+AUTO_VAL_MAX = 256
 # What preference objectives log per step (and as val_* on validation), each averaged per pair.
 PREFERENCE_STATS = ("rewards_chosen", "rewards_rejected", "rewards_margin", "accuracy")
 # Preference objectives start from a model that already does the task and nudge it: a tenth of
@@ -83,6 +86,9 @@ class TrainConfig(DataConfig):
     data: str = Field(..., description="Training dataset file (.jsonl, .json, .csv, .parquet)")
     val_data: str | None = Field(None, description="Validation dataset file (instead of --val-split)")
     val_split: float = Field(0.1, ge=0, lt=1, description="Fraction of the training file held out for validation when no --val-data (0: none)")
+    val_max: int | Literal["auto"] = Field(
+        "auto", ge=0, description=f"Most validation examples: a --val-split holds out at most this many (the rest "
+        f"train), a --val-data file is sampled down to it; auto: {AUTO_VAL_MAX}; 0: no limit")
     method: Method = Field("lora", description="full | lora | dora | qlora")
     objective: Objective = Field(
         "sft", description="sft: learn the answers (supervised); dpo: prefer each pair's chosen answer to its rejected "
@@ -157,6 +163,7 @@ class TrainConfig(DataConfig):
             "lr": auto_lr(self.method, self.objective) if self.lr == "auto" else self.lr,
             "beta": (AUTO_BETA.get(self.objective) if self.beta == "auto" else self.beta)
             if self.objective in PREFERENCE_OBJECTIVES else None,
+            "val_max": self.val_cap,
             "eval_every": eval_every if n_val else None, "save_every": eval_every if self.save_every == "auto" else self.save_every,
             "precision": precision, "format": format, "resume": False, "nproc": processes,
             "strategy": auto_strategy(self.method, parameters) if self.strategy == "auto" else self.strategy,
@@ -166,7 +173,12 @@ class TrainConfig(DataConfig):
     @property
     def is_resolved(self) -> bool:
         return "auto" not in (self.epochs, self.lr, self.eval_every, self.save_every, self.precision, self.format,
-                              self.strategy, self.beta)
+                              self.strategy, self.beta, self.val_max)
+
+    @property
+    def val_cap(self) -> int:
+        """The most validation examples a run uses (0: no limit)."""
+        return AUTO_VAL_MAX if self.val_max == "auto" else self.val_max
 
     @property
     def preference(self) -> bool:

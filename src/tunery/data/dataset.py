@@ -319,9 +319,10 @@ def _account(scan: Scan, line: int, enc: "Encoded | PairEncoded | Invalid", max_
             sink(line, e.input_ids, e.loss_mask)
 
 
-def split_examples(examples, val_fraction: float, seed: int):
-    """Seeded, deterministic train/validation split; at least one example on each side. A lazy
-    example set (data/cache.py) is split into lazy subsets; a list into lists."""
+def split_examples(examples, val_fraction: float, seed: int, max_val: int = 0):
+    """Seeded, deterministic train/validation split; at least one example on each side, at most
+    `max_val` validation examples when given (the rest train). A lazy example set (data/cache.py)
+    is split into lazy subsets; a list into lists."""
     import numpy as np
 
     if not 0 < val_fraction < 1:
@@ -331,8 +332,22 @@ def split_examples(examples, val_fraction: float, seed: int):
     order = np.arange(len(examples))  # 8 bytes an example; shuffled exactly as a list would be
     random.Random(seed).shuffle(order)
     n_val = min(len(examples) - 1, max(1, round(len(examples) * val_fraction)))
+    if max_val:
+        n_val = min(n_val, max_val)
     val = np.sort(order[:n_val])
     train = np.sort(order[n_val:])
     if hasattr(examples, "subset"):
         return examples.subset(train), examples.subset(val)
     return [examples[i] for i in train], [examples[i] for i in val]
+
+
+def sample_examples(examples, n: int, seed: int):
+    """At most n of the examples, a seeded sample kept in file order (all of them when n is 0)."""
+    import numpy as np
+
+    if not n or len(examples) <= n:
+        return examples
+    order = np.arange(len(examples))
+    random.Random(seed).shuffle(order)
+    keep = np.sort(order[:n])
+    return examples.subset(keep) if hasattr(examples, "subset") else [examples[i] for i in keep]

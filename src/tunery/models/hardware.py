@@ -1,13 +1,51 @@
 """What this machine computes fastest, measured rather than assumed.
 
-CPUs differ wildly in bf16: without native support a bf16 matmul is many times slower than fp32,
-while CPUs with AVX512-BF16 or AMX run it several times faster (measured on an AMD EPYC with
-avx512_bf16: 850 vs 212 GFLOP/s). A ~50 ms probe decides; TUNERY_CPU_BF16=0/1 overrides it.
+CPUs differ wildly in bf16: without native support a bf16 matmul is many times slower than fp32
+(AVX2 only: 0.3 vs 152 GFLOP/s), while CPUs with AVX512-BF16 or AMX run it several times faster
+(measured on an AMD EPYC with avx512_bf16: 850 vs 212 GFLOP/s). The CPU's flags are read first:
+without AVX512-BF16 or AMX nothing is timed (timing bf16 there took 5.6 s a run). With them, a
+~50 ms probe decides, since a library can still be held below them (ONEDNN_MAX_CPU_ISA). The probe
+starts small and stops as soon as bf16 is clearly slow. TUNERY_CPU_BF16=0/1 overrides it all.
 """
 
 import functools
 import os
+import platform
 import time
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products
+KIND_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what a benchmark row reports
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux: /proc/cpuinfo; elsewhere empty: unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_kind() -> dict:
+    """What a benchmark reports about the CPU: its model, the flags that matter, and the vector
+    width PyTorch's own kernels run at (ATEN_CPU_CAPABILITY can hold it lower than the flags)."""
+    import torch
+
+    flags = cpu_flags()
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    held = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+            if k in os.environ}
+    return {"model": name, "cores": os.cpu_count(), "flags": [f for f in KIND_FLAGS if f in flags],
+            "torch_capability": torch.backends.cpu.get_cpu_capability(), **({"held_by": held} if held else {})}
 
 
 @functools.lru_cache(maxsize=1)
@@ -15,17 +53,23 @@ def cpu_bf16_is_fast() -> bool:
     forced = os.environ.get("TUNERY_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"
+    flags = cpu_flags()
+    if flags and not any(f in flags for f in BF16_FLAGS):
+        return False  # no native bf16: emulated, hundreds of times slower; nothing to time
     import torch
 
-    def best(x, y) -> float:
+    def best(x, y, n: int = 5) -> float:
         x @ y
         times = []
-        for _ in range(5):
+        for _ in range(n):
             t0 = time.perf_counter()
             x @ y
             times.append(time.perf_counter() - t0)
         return min(times)
 
+    small = torch.randn(64, 256), torch.randn(256, 256)
+    if best(*(t.bfloat16() for t in small), n=2) > 4 * best(*small, n=2):
+        return False  # held below its bf16 instructions: clearly slow already on a small matmul
     a, b = torch.randn(256, 1024), torch.randn(1024, 1024)
     fp32 = best(a, b)
     bf16 = best(a.bfloat16(), b.bfloat16())

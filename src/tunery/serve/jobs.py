@@ -128,6 +128,7 @@ class TuneryOptions(_Strict):
     grad_accum: Annotated[int, Field(ge=1, le=64)] | None = None
     max_length: Annotated[int, Field(ge=8, le=32_768)] | None = None
     val_split: Annotated[float, Field(ge=0, lt=1)] | None = None
+    val_max: Annotated[int, Field(ge=0, le=100_000)] | None = None
     lora_r: Annotated[int, Field(ge=1, le=256)] | None = None
     lora_alpha: Annotated[int, Field(ge=1, le=1024)] | None = None
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None

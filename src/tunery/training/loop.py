@@ -376,6 +376,7 @@ def load_data(cfg: TrainConfig, tokenizer, warn=None) -> tuple[Sequence, Sequenc
     lazy sequences over the memory-mapped data cache (data/cache.py): encoded once per file,
     tokenizer, template and length settings, read an example at a time."""
     from ..data import split_examples
+    from ..data.dataset import sample_examples
     from ..data.cache import encode_cached
     from ..data.doctor import make_renderer
 
@@ -401,9 +402,14 @@ def load_data(cfg: TrainConfig, tokenizer, warn=None) -> tuple[Sequence, Sequenc
     if cfg.val_data:
         val_enc = encode(cfg.val_data, val_ground)
         val_set = _examples(cfg, val_enc, cfg.val_data)
+        n_file = len(val_set)
+        val_set = sample_examples(val_set, cfg.val_cap, cfg.seed)
         val = DataRecord.of_file(cfg.val_data, val_enc.rows, len(val_set))
+        if warn and len(val_set) < n_file:
+            warn(f"validation: {len(val_set)} of the {n_file} examples in {cfg.val_data} (val_max {cfg.val_cap}; "
+                 "--val-max 0 evaluates all)")
     elif cfg.val_split > 0:
-        train_set, val_set = split_examples(train_set, cfg.val_split, cfg.seed)
+        train_set, val_set = split_examples(train_set, cfg.val_split, cfg.seed, max_val=cfg.val_cap)
         val = DataRecord(split=cfg.val_split, used=len(val_set), lines=val_set.lines.tolist())
         data.used = len(train_set)
     return train_set, val_set, data, val
