@@ -460,3 +460,57 @@ def test_validation_is_capped_and_the_cap_recorded(tiny_model, toy_data, tmp_pat
     every = train(cfg(tiny_model, toy_data, tmp_path / "all", max_steps=1, val_data=str(val_file), val_max=0),
                   progress=False)
     assert every.info.val.used == 20 and every.config["val_max"] == 0
+
+
+def system_rows(n=24):
+    return [{"messages": [{"role": "system", "content": "You answer with the color named in the question, nothing else."},
+                          *toy_rows(n)[i]["messages"]]} for i in range(n)]
+
+
+def test_share_prefix_auto_measures_once_and_the_resume_keeps_it(tiny_model, tmp_path, monkeypatch):
+    """auto: timed on the first micro-batch (here made to look slower shared), recorded in the
+    resolved config; the measurement leaves no gradient or random state behind; a resume reads
+    the recorded choice and measures nothing."""
+    from tunery.training import autotune
+
+    data = write_jsonl(tmp_path / "sys.jsonl", system_rows())
+    calls = []
+    real = autotune.share_prefix
+
+    def measured(first, collate, objective, loss_fn, autocast, params):
+        rng = torch.get_rng_state()
+        calls.append(len(first))
+        monkeypatch.setattr(autotune, "MIN_SECONDS", 0.0)
+        clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 23.0])  # shared 3 s, unshared 1 s, shared 3 s
+        monkeypatch.setattr(autotune.time, "perf_counter", lambda: next(clock))
+        try:
+            choice = real(first, collate, objective, loss_fn, autocast, params)
+        finally:
+            monkeypatch.undo()
+        assert all(p.grad is None for p in params) and torch.equal(rng, torch.get_rng_state())
+        return choice
+
+    monkeypatch.setattr(autotune, "share_prefix", measured)
+    run = train(cfg(tiny_model, data, tmp_path / "r", max_steps=4, save_every=2, eval_every=2, lora_dropout=0.1),
+                progress=False)
+    assert calls == [8] and run.config["share_prefix"] is False
+    told = train(cfg(tiny_model, data, tmp_path / "t", max_steps=4, save_every=2, eval_every=2, lora_dropout=0.1,
+                     share_prefix=False), progress=False)
+    assert [r["loss"] for r in told.metrics] == [r["loss"] for r in run.metrics]  # measuring left no trace
+
+    def never(*a):
+        raise AssertionError("a resumed run measures again")
+
+    monkeypatch.setattr(autotune, "share_prefix", never)
+    ckpt = RunFolder(run.dir)
+    import shutil
+    shutil.rmtree(ckpt.checkpoint_dir(4))
+    again = train(cfg(tiny_model, data, tmp_path / "r", max_steps=4, save_every=2, eval_every=2, lora_dropout=0.1,
+                      resume=True), progress=False)
+    assert again.config["share_prefix"] is False
+
+
+def test_share_prefix_auto_keeps_sharing_where_a_pass_is_too_short_to_time(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "sys.jsonl", system_rows())
+    run = train(cfg(tiny_model, data, tmp_path / "r", max_steps=1), progress=False)
+    assert run.config["share_prefix"] is True

@@ -104,7 +104,9 @@ class TrainConfig(DataConfig):
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch, across all processes (each takes its share)")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
     group_by_length: bool = Field(True, description="Put examples of similar length in the same step (less padding)")
-    share_prefix: bool = Field(True, description="Run a prefix all examples of a micro-batch share (a system prompt) once; same loss")
+    share_prefix: bool | Literal["auto"] = Field(
+        "auto", description="Run a prefix all examples of a micro-batch share (a system prompt) once; same loss. auto: "
+        "unless the run's first micro-batch measures it slower on this machine")
     gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in backward: much less memory, somewhat slower")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate decay after warmup")
     warmup: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate")
@@ -173,7 +175,7 @@ class TrainConfig(DataConfig):
     @property
     def is_resolved(self) -> bool:
         return "auto" not in (self.epochs, self.lr, self.eval_every, self.save_every, self.precision, self.format,
-                              self.strategy, self.beta, self.val_max)
+                              self.strategy, self.beta, self.val_max, self.share_prefix)
 
     @property
     def val_cap(self) -> int:

@@ -154,7 +154,7 @@ class TuneryOptions(_Strict):
     precision: Literal["auto", "fp32", "bf16"] | None = None
     gradient_checkpointing: bool | None = None
     group_by_length: bool | None = None
-    share_prefix: bool | None = None
+    share_prefix: bool | Literal["auto"] | None = None
     template: Annotated[str, Field(pattern=FILE_ID.pattern)] | None = None  # an uploaded template file's id
     # Processes training the job together on the server's machine (torch.distributed), at most one per core:
     # extra_body={"tunery": {"nproc": 2}}

@@ -35,7 +35,7 @@ from ..models import load_tokenizer, resolve_model
 from ..models.hardware import keep_freed_memory
 from ..registry import recorder as registry
 from ..run_folder import BaseRecord, DataRecord, FinalRecord, RunFolder, RunInfo
-from . import attention, launch
+from . import attention, autotune, launch
 from . import checkpoint as ckpt
 from .batches import collate, step_groups
 from .card import write_model_card
@@ -174,6 +174,13 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
             if not world.main and resume_from is not None:
                 state = ckpt.load_checkpoint(resume_from, model, optimizer, scheduler, rank=world.rank)
 
+    # Same math, not the same speed everywhere: measured once on this run's first micro-batch, then recorded.
+    share, why = _share_prefix(cfg, folder, world, packed, train_set, objective, token_loss, autocast, params, tokenizer)
+    run_cfg = run_cfg.model_copy(update={"share_prefix": share})
+    resolved["share_prefix"] = share
+    if why:
+        say(f"share_prefix {str(share).lower()}: {why}")
+
     # Recorded only now, with nothing left to refuse: a run that cannot start leaves its record as it was.
     earlier = folder.read_info() if world.main and cfg.resume and folder.is_run() else None
     info = RunInfo(
@@ -200,7 +207,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
 
     # 4) loop -------------------------------------------------------------------------------------
     batch_of = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=accelerator.device, packed=packed,
-                                 share_prefix=cfg.share_prefix)
+                                 share_prefix=share)
     if cfg.preference:  # dpo: the starting model's log-probabilities of every pair, before the first step
         objective.prepare(token_loss, {"train": train_set, "val": val_set} if val_set else {"train": train_set},
                           batch_of, autocast, folder, cfg.batch_size, world, resume=state.step > 0)
@@ -368,6 +375,23 @@ def evaluate(loss_fn, examples, batch_size, batch_of, autocast, world: World | N
     names = sorted(sums)
     total, count, *values = world.sum(total, count, *(sums[k] for k in names))
     return {"val_loss": total / max(count, 1)} | {f"val_{k}": v / max(count, 1) for k, v in zip(names, values)}
+
+
+def _share_prefix(cfg: TrainConfig, folder: RunFolder, world: World, packed: bool, train_set, objective, token_loss,
+                  autocast, params, tokenizer) -> tuple[bool, str | None]:
+    """share_prefix as given; auto: as the resumed run recorded it, else measured (autotune.py)."""
+    if cfg.share_prefix != "auto":
+        return cfg.share_prefix, None
+    if cfg.resume:  # every process joins the broadcast
+        recorded = world.broadcast(folder.read_config().get("share_prefix")
+                                   if world.main and folder.config_file.is_file() else None)
+        if isinstance(recorded, bool):
+            return recorded, None
+    if world.size > 1 or not packed or cfg.preference:  # several processes would each measure their own
+        return True, None
+    first = next(iter(step_groups(train_set, cfg.seed, 0, cfg.batch_size, cfg.grad_accum, cfg.group_by_length)))[0]
+    rows = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=world.accelerator.device, packed=True)
+    return autotune.share_prefix(first, rows, objective, token_loss, autocast, params)
 
 
 def load_data(cfg: TrainConfig, tokenizer, warn=None) -> tuple[Sequence, Sequence, DataRecord, DataRecord | None]:
