@@ -79,6 +79,14 @@ def packing_supported(config, max_length: int) -> bool:
 PACKED_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "granite", "phi3"}
 
 
+def no_mask(device) -> torch.Tensor:
+    """The attention mask a packed micro-batch hands the decoder: an empty 4D tensor, which
+    transformers passes through as a mask already prepared (packed_sdpa ignores it). With None,
+    transformers would search the position ids for packed sequences, reading a GPU tensor back
+    to the host (a sync) on every forward pass."""
+    return torch.empty((1, 1, 0, 0), dtype=torch.bool, device=device)
+
+
 _packing = contextvars.ContextVar("tunery_packing", default=False)
 
 

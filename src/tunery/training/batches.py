@@ -4,7 +4,6 @@ The order of examples is a pure function of (seed, epoch), so a resumed run repl
 batches an uninterrupted run would have seen: the position in the data is just (epoch, step).
 """
 
-import functools
 import random
 
 import torch
@@ -66,8 +65,17 @@ def collate(batch: list[Example], pad_id: int, device, packed: bool = False, sha
     batch_ = _packed(batch, device, share_prefix) if packed else _padded(batch, pad_id, device)
     if sequences:
         rows = [r for r, e in enumerate(batch) for i in range(len(e.input_ids) - 1) if e.loss_mask[i + 1]]
-        batch_ |= {"target_row": torch.tensor(rows, dtype=torch.long, device=device), "rows": len(batch)}
+        batch_ |= {"target_row": to_device(torch.tensor(rows, dtype=torch.long), device), "rows": len(batch)}
     return batch_
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A batch tensor built on the host, moved without a host-device sync: on CUDA from pinned
+    memory, asynchronously. (A copy from pageable memory waits until the GPU has finished all
+    queued work, so building the next micro-batch would stall on the previous one's backward.)"""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _padded(batch: list[Example], pad_id: int, device) -> dict:
@@ -80,9 +88,9 @@ def _padded(batch: list[Example], pad_id: int, device) -> dict:
         ids[row, :n] = torch.tensor(e.input_ids)
         attention[row, :n] = 1
         _add_targets(e, 0, row * width, target_at, targets)
-    return {"input_ids": ids.to(device), "attention_mask": attention.to(device),
-            "target_at": torch.tensor(target_at, dtype=torch.long, device=device),
-            "targets": torch.tensor(targets, dtype=torch.long, device=device)}
+    return {"input_ids": to_device(ids, device), "attention_mask": to_device(attention, device),
+            "target_at": to_device(torch.tensor(target_at, dtype=torch.long), device),
+            "targets": to_device(torch.tensor(targets, dtype=torch.long), device)}
 
 
 def _packed(batch: list[Example], device, share_prefix: bool) -> dict:
@@ -99,7 +107,9 @@ def _packed(batch: list[Example], device, share_prefix: bool) -> dict:
         gather += list(range(prefix)) + list(range(start, start + n - prefix)) + [0] * (width - n)
         scatter += range(row * width + prefix, row * width + n)
         _add_targets(e, prefix, start - prefix, target_at, targets)  # the prefix carries no targets
-    as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
+    def as_tensor(values):
+        return to_device(torch.tensor(values, dtype=torch.long), device)
+
     layout = PackedLayout(len(batch), width, as_tensor(gather), as_tensor(scatter))
     return {"input_ids": as_tensor([tokens]), "position_ids": as_tensor([positions]), "layout": layout,
             "target_at": as_tensor(target_at), "targets": as_tensor(targets)}

@@ -248,15 +248,17 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step_loss, step_tokens, *stat_sums = world.sum(float(step_loss), step_tokens,
-                                                               *(float(step_stats.get(k, 0)) for k in PREFERENCE_STATS))
+                # the step's one host-device sync: its device numbers read together
+                step_loss, grad_norm, *stat_sums = _read(step_loss, grad_norm,
+                                                         *(step_stats.get(k, 0) for k in PREFERENCE_STATS))
+                step_loss, step_tokens, *stat_sums = world.sum(step_loss, step_tokens, *stat_sums)
                 state.step += 1
                 state.trained_tokens += group_tokens
                 state.tokens += int(step_tokens)
                 step = state.step
                 row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": step_loss / group_units,
                        **({k: v / group_units for k, v in zip(PREFERENCE_STATS, stat_sums)} if cfg.preference else {}),
-                       "lr": lr_now, "grad_norm": float(grad_norm), "tokens": state.tokens,
+                       "lr": lr_now, "grad_norm": grad_norm, "tokens": state.tokens,
                        "trained_tokens": state.trained_tokens,
                        "tokens_per_s": round(step_tokens / (time.perf_counter() - t0), 1)}
                 last = step == total_steps
@@ -333,6 +335,19 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     write_model_card(folder, info, resolved)
     say(f"[green]done[/]: {info.name} in {folder.path} (val_loss {final.val_loss}, shipped step {shipped})")
     return Run(folder.path, resolved, info, rows)
+
+
+def _read(*values) -> list[float]:
+    """Numbers, some of them device scalars, as floats: the device ones copied to the host in one
+    transfer (one sync, where reading each would wait for the GPU once per value)."""
+    import torch
+
+    on_device = [v for v in values if isinstance(v, torch.Tensor)]
+    if not on_device:
+        return [float(v) for v in values]
+    device = on_device[0].device
+    return torch.stack([v.detach().float().reshape(()).to(device) if isinstance(v, torch.Tensor)
+                        else torch.full((), float(v), device=device) for v in values]).tolist()
 
 
 def _check_eval_metric(cfg: TrainConfig) -> str | None:

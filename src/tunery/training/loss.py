@@ -43,6 +43,8 @@ class TokenLoss(nn.Module):
         from . import attention
 
         extra = {"tunery_layout": layout} if layout is not None else {}
+        if layout is not None:  # packed_sdpa keeps the examples apart: no mask to build
+            attention_mask = attention.no_mask(input_ids.device)
         with attention.packing() if layout is not None else contextlib.nullcontext():
             hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   **extra).last_hidden_state  # (rows, T, H)

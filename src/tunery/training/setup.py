@@ -65,8 +65,9 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
         kwargs["device_map"] = {"": 0}
     # Weights stay fp32 and autocast computes matmuls in bf16, keeping the residual stream, norms
     # and softmax in fp32 (a bf16-stored base trained measurably worse on CPU: val loss 0.66 vs
-    # 0.49 after 10 steps). Only a LoRA base on CUDA is stored in bf16, to halve GPU memory.
-    load_dtype = dtype if (cfg.method in ("lora", "dora") and device == "cuda") else torch.float32
+    # 0.49 after 10 steps). Only an adapter's frozen base on CUDA is stored in bf16, to halve GPU
+    # memory (QLoRA: what bitsandbytes leaves unquantised, the embeddings and norms).
+    load_dtype = dtype if (cfg.method in ("lora", "dora", "qlora") and device == "cuda") else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=load_dtype, **kwargs)
     except Exception as exc:
@@ -87,10 +88,11 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
         model.requires_grad_(True)
         return model
 
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
-    if cfg.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # QLoRA: no peft `prepare_model_for_kbit_training`, which casts every unquantised weight to
+    # fp32 (for fp16 training): under bf16 autocast that only doubles the embeddings' memory (a
+    # tied 49k x 2048 table is 0.4 GB in fp32) and adds a bf16 copy of the output layer per step.
     if base.adapter is not None:
         model = _continued_adapter(model, base, cfg)
         if device == "cpu" and dtype == torch.bfloat16 and cfg.method == "lora":
