@@ -194,6 +194,7 @@ def worker(side: str, folder: Path, args) -> dict:
     bs = args.batch_size
     step_tokens = [sum(n_tokens[i * bs:(i + 1) * bs]) for i in range(len(out["step_times"]))]
     out["tokens_per_s"] = sum(step_tokens[1:]) / sum(out["step_times"][1:])
+    out["tokens_per_step"] = round(sum(step_tokens) / len(step_tokens))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -256,7 +257,7 @@ def _write_profile(prof, side: str, meta: dict, args) -> None:
     events = prof.key_averages()
     total = sum(getattr(e, key) for e in events)
     head = (f"== {side} on {Path(meta['model']).name} ({meta['params'] / 1e6:.0f}M params), {EXTRA_STEPS - 1} steps of "
-            f"{meta['tokens_per_step']} tokens, total {'GPU' if cuda else 'CPU'} kernel time {total / 1e3:.1f} ms\n")
+            f"{args.batch_size} examples, total {'GPU' if cuda else 'CPU'} kernel time {total / 1e3:.1f} ms\n")
     table = events.table(sort_by=key, row_limit=30, max_name_column_width=70)
     with open(args.profile_out, "a") as f:
         f.write(head + table + "\n")
@@ -498,7 +499,8 @@ def summarise(results: dict, meta: dict, args, rates: dict) -> dict:
     out = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores" + (f", {card}" if cuda else ""),
         "torch_threads": torch.get_num_threads(), "model": "tiny random (quick)" if args.quick else args.model,
-        "params": n_params, "tokens_per_step": meta.get("tokens_per_step"), "example_tokens": meta.get("example_tokens"),
+        "params": n_params,
+        "tokens_per_step": next((r[0]["tokens_per_step"] for r in results.values() if r), meta.get("tokens_per_step")), "example_tokens": meta.get("example_tokens"),
         "steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds, "date": time.strftime("%Y-%m-%d"),
         "precision": meta["precision"], "cpu": cpu_kind(),
     }

@@ -65,6 +65,11 @@ def test_bf16_training_on_cuda(wide_model, toy_data, tmp_path, method):
         assert all(p.device.type == "cuda" for p in model.parameters())
         assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
         assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+        # the adapters take the bf16 input as it is (no fp32 copy for autocast to cast back)
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        assert layers and not any(m.cast_input_dtype_enabled for m in layers)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -10,6 +10,7 @@ the rows that read them, so the math is that of running each example on its own.
 
 import contextlib
 import contextvars
+import os
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,23 @@ import torch
 from ..models.hf import base_of
 
 NAME = "tunery_sdpa"
+
+
+def _cuda_backends():
+    """SDPA's CUDA kernels for packed rows, in order. Not cuDNN's, which PyTorch tries first on
+    Hopper: a packed micro-batch's row width changes every step, and cuDNN builds an execution
+    plan for each new shape (measured on an H100: ~6 ms of host time per attention call, which
+    left the GPU idle a third of each step). TUNERY_CUDA_SDPA=auto keeps PyTorch's own order;
+    a comma list (flash,efficient,cudnn,math) names others: for measuring."""
+    from torch.nn.attention import SDPBackend
+
+    names = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    wanted = os.environ.get("TUNERY_CUDA_SDPA", "flash,efficient,math")
+    return None if wanted == "auto" else [names[n.strip()] for n in wanted.split(",")]
+
+
+CUDA_BACKENDS = _cuda_backends()
 
 
 @dataclass
@@ -56,7 +74,15 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         return x.float() if fp32 else x
 
     q, k, v = padded(query), padded(key), padded(value)
-    with torch.autocast("cpu", enabled=False) if fp32 else contextlib.nullcontext():
+    if fp32:
+        backends = torch.autocast("cpu", enabled=False)
+    elif q.device.type == "cuda" and CUDA_BACKENDS:
+        from torch.nn.attention import sdpa_kernel
+
+        backends = sdpa_kernel(CUDA_BACKENDS)
+    else:
+        backends = contextlib.nullcontext()
+    with backends:
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=dropout,
                                                                enable_gqa=key.shape[1] != query.shape[1])
     out = out.transpose(1, 2).flatten(0, 1).index_select(0, lay.scatter)  # (L, h, d)

@@ -95,19 +95,19 @@ def build_model(cfg: TrainConfig, base: ResolvedModel):
     # tied 49k x 2048 table is 0.4 GB in fp32) and adds a bf16 copy of the output layer per step.
     if base.adapter is not None:
         model = _continued_adapter(model, base, cfg)
-        if device == "cpu" and dtype == torch.bfloat16 and cfg.method == "lora":
-            _store_frozen_linears_in_bf16(model)
-        return model
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules, use_dora=cfg.method == "dora", bias="none", task_type="CAUSAL_LM",
-    )
-    try:
-        model = get_peft_model(model, lora)
-    except ValueError as exc:
-        raise ConfigError(f"target_modules: {exc}") from None
+    else:
+        lora = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.target_modules, use_dora=cfg.method == "dora", bias="none", task_type="CAUSAL_LM",
+        )
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as exc:
+            raise ConfigError(f"target_modules: {exc}") from None
     if device == "cpu" and dtype == torch.bfloat16 and cfg.method == "lora":
         _store_frozen_linears_in_bf16(model)
+    if device == "cuda" and load_dtype == torch.bfloat16 and cfg.method == "lora":
+        _keep_adapter_inputs_bf16(model)
     return model  # peft keeps adapter weights in fp32 over a bf16 base (autocast_adapter_dtype)
 
 
@@ -143,6 +143,20 @@ def _store_frozen_linears_in_bf16(model) -> None:
         if isinstance(module, LoraLayer) and isinstance(base, torch.nn.Linear) and not base.weight.requires_grad \
                 and base.weight is not embedding:
             base.weight.data = base.weight.data.to(torch.bfloat16)
+
+
+def _keep_adapter_inputs_bf16(model) -> None:
+    """peft casts each LoRA layer's input to the adapter's dtype (fp32) before autocast casts it
+    back to bf16 for the matmul: two copies of every adapted layer's input per pass, and the bf16
+    copy is kept for backward beside the input the base layer already keeps (measured on an H100,
+    1B Llama, 10k tokens a step: ~6 GB more memory and a fifth of the GPU's time in copies). The
+    input goes to the adapter as it is: the same bf16 operands, so the same arithmetic. Only where
+    every pass runs under bf16 autocast (the frozen base stored in bf16 on CUDA)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def base_parameters(base: ResolvedModel) -> int:
