@@ -67,9 +67,18 @@ def field_of(loc) -> str:
     return out
 
 
+# Errors of a value of the right type that is out of its bounds: for a union field (`"auto" | 1..256`)
+# they say more than the other members' "should be 'auto'".
+BOUND_ERRORS = ("less_than_equal", "less_than", "greater_than_equal", "greater_than", "too_long", "too_short",
+                "string_pattern_mismatch", "multiple_of")
+
+
 def config_error(exc, source: str = "") -> ConfigError:
-    """The one-line error for a pydantic ValidationError: its first problem, naming the field."""
-    err = exc.errors()[0]
+    """The one-line error for a pydantic ValidationError: its first problem, naming the field (of a
+    union's members' complaints about that field, a bound the value broke, when one did)."""
+    errs = exc.errors()
+    first = field_of(errs[0]["loc"])
+    err = next((e for e in errs if field_of(e["loc"]) == first and e["type"] in BOUND_ERRORS), errs[0])
     field = field_of(err["loc"]) or "config"
     msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
     return ConfigError(f"{source}{field}: {msg} (got {err.get('input')!r})", field=field)
