@@ -100,7 +100,7 @@ def _packed(batch: list[Example], device, share_prefix: bool) -> dict:
         scatter += range(row * width + prefix, row * width + n)
         _add_targets(e, prefix, start - prefix, target_at, targets)  # the prefix carries no targets
     as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
-    layout = PackedLayout(len(batch), width, as_tensor(gather), as_tensor(scatter))
+    layout = PackedLayout(len(batch), width, as_tensor(gather), as_tensor(scatter), prefix)
     return {"input_ids": as_tensor([tokens]), "position_ids": as_tensor([positions]), "layout": layout,
             "target_at": as_tensor(target_at), "targets": as_tensor(targets)}
 
