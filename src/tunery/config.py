@@ -86,8 +86,8 @@ class TrainConfig(DataConfig):
     data: str = Field(..., description="Training dataset file (.jsonl, .json, .csv, .parquet)")
     val_data: str | None = Field(None, description="Validation dataset file (instead of --val-split)")
     val_split: float = Field(0.1, ge=0, lt=1, description="Fraction of the training file held out for validation when no --val-data (0: none)")
-    val_max: int | Literal["auto"] = Field(
-        "auto", ge=0, description=f"Most validation examples: a --val-split holds out at most this many (the rest "
+    val_max: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description=f"Most validation examples: a --val-split holds out at most this many (the rest "
         f"train), a --val-data file is sampled down to it; auto: {AUTO_VAL_MAX}; 0: no limit")
     method: Method = Field("lora", description="full | lora | dora | qlora")
     objective: Objective = Field(

@@ -175,7 +175,8 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
                 state = ckpt.load_checkpoint(resume_from, model, optimizer, scheduler, rank=world.rank)
 
     # Same math, not the same speed everywhere: measured once on this run's first micro-batch, then recorded.
-    share, why = _share_prefix(cfg, folder, world, packed, train_set, objective, token_loss, autocast, params, tokenizer)
+    share, why = _share_prefix(cfg, folder, world, packed, train_set, objective, token_loss, autocast, params, total,
+                               tokenizer)
     run_cfg = run_cfg.model_copy(update={"share_prefix": share})
     resolved["share_prefix"] = share
     if why:
@@ -378,7 +379,7 @@ def evaluate(loss_fn, examples, batch_size, batch_of, autocast, world: World | N
 
 
 def _share_prefix(cfg: TrainConfig, folder: RunFolder, world: World, packed: bool, train_set, objective, token_loss,
-                  autocast, params, tokenizer) -> tuple[bool, str | None]:
+                  autocast, params, parameters: int, tokenizer) -> tuple[bool, str | None]:
     """share_prefix as given; auto: as the resumed run recorded it, else measured (autotune.py)."""
     if cfg.share_prefix != "auto":
         return cfg.share_prefix, None
@@ -391,7 +392,7 @@ def _share_prefix(cfg: TrainConfig, folder: RunFolder, world: World, packed: boo
         return True, None
     first = next(iter(step_groups(train_set, cfg.seed, 0, cfg.batch_size, cfg.grad_accum, cfg.group_by_length)))[0]
     rows = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=world.accelerator.device, packed=True)
-    return autotune.share_prefix(first, rows, objective, token_loss, autocast, params)
+    return autotune.share_prefix(first, rows, objective, token_loss, autocast, params, parameters)
 
 
 def load_data(cfg: TrainConfig, tokenizer, warn=None) -> tuple[Sequence, Sequence, DataRecord, DataRecord | None]:
