@@ -306,7 +306,8 @@ def _train(config: Optional[str] = None, as_json: bool = False, quiet: bool = Fa
         saved = RunFolder(flags["out"]).config_file  # resume with the recipe the run was started with
         config = str(saved) if saved.is_file() else None
     run = train(load_train_config(config, **flags))
-    emit({"dir": str(run.dir), **run.info.model_dump(mode="json", exclude_none=True), "config": run.config},
+    info = run.info.model_dump(mode="json", exclude_none=True, exclude={"val": {"lines"}})  # as the registry has it
+    emit({"dir": str(run.dir), **info, "config": run.config},
          as_json, lambda: print(run.dir))
 
 

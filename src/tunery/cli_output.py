@@ -43,9 +43,11 @@ def command(fn):
     return run
 
 
-def emit(result, as_json: bool, show=None) -> None:
-    """The command's result: one JSON document, or `show()` for a person (default: the JSON too)."""
-    if as_json or show is None:
+def emit(result, as_json: bool, show) -> None:
+    """The command's result: one JSON document, or `show()` for a person (by rank 0 alone)."""
+    if not _rank_zero():
+        return
+    if as_json:
         print(json.dumps(result, default=str))
     else:
         show()
@@ -62,8 +64,12 @@ def error_line(exc: TuneryError) -> str:
     return f"error: {exc.line()}"
 
 
+def _rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch, rank 0 alone speaks
+
+
 def listener_for(quiet: bool) -> "Listener":
-    if quiet or os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch, rank 0 alone speaks
+    if quiet or not _rank_zero():
         return Silent()
     setting = os.environ.get(PROGRESS_ENV, "").strip()
     if setting == "0":
