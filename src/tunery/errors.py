@@ -2,7 +2,10 @@
 
 The CLI prints a TuneryError as one line and exits with its `exit_code`, no traceback; the server
 answers it with the HTTP status serve/errors.py maps its class to. `field` names the input at
-fault when there is one (a config field, a request parameter), dotted for nested fields.
+fault when there is one (a config field, a request parameter), dotted for nested fields. `hint`
+says what to do next where there is a next step (a command to run, a package to install): the
+CLI's one error handler prints it after the message, on the same line; the message (`str(exc)`)
+never repeats it, and the server, whose clients run no commands, leaves it out.
 """
 
 
@@ -11,9 +14,13 @@ class TuneryError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, field: str | None = None):
+    def __init__(self, message: str, field: str | None = None, hint: str | None = None):
         super().__init__(message)
-        self.field = field
+        self.field, self.hint = field, hint
+
+    def line(self) -> str:
+        """The message, and what to do next when there is a next step: one line."""
+        return f"{self}; {self.hint}" if self.hint else str(self)
 
 
 class NotFound(TuneryError):
