@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Bottom to top. A module may import its own unit (package or module) and any unit on a lower floor.
 FLOORS = [
-    ["tunery", "errors", "files", "home"],  # ground: no tunery imports but each other
+    ["tunery", "errors", "files", "home", "progress"],  # ground: no tunery imports but each other
     ["run_folder"],  # a run's files and run.json
     ["config"],  # the typed recipe
     ["registry"],  # storage: SQLite, content hashes, the jobs table
@@ -22,6 +22,7 @@ FLOORS = [
     ["evaluate"],
     ["workflows"],  # re-running a recorded recipe: retrain, reeval, stale bases
     ["serve", "export"],
+    ["cli_output"],  # how the command line talks: --json, --quiet, progress bars, one-line errors
     ["cli_registry", "cli_index"],
     ["cli"],
     ["__main__"],  # python -m tunery: what launchers (torchrun, accelerate launch) start

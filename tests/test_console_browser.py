@@ -136,7 +136,7 @@ def test_the_console_end_to_end(server, page, shots, tmp_path):
     page.select_option("#job-file", option(page, "#job-file", "train.jsonl"))
     page.fill("#job-batch", "999")
     page.click("#job-submit")
-    expect(page.locator("#job-error")).to_contain_text("batch_size")
+    expect(page.locator("#job-error")).to_contain_text("batch_size: Input should be less than or equal to 256")
     page.fill("#job-batch", "8")
     page.fill("#job-lr", "150")
     page.fill("#job-steps", "300")
@@ -176,6 +176,7 @@ def test_the_console_end_to_end(server, page, shots, tmp_path):
 
     page.goto(server + "/models")
     expect(page.locator(f"#models tbody tr[data-model='{model_name}']")).to_have_count(1)
+    expect(page.locator("#bases li")).to_have_text(["default", "tiny"])
     page.screenshot(path=shots / "models.png", full_page=True)
 
     # Compare: base vs prompt-only vs the fine-tune on the held-out upload, with the report.

@@ -477,14 +477,14 @@ def test_share_prefix_auto_measures_once_and_the_resume_keeps_it(tiny_model, tmp
     calls = []
     real = autotune.share_prefix
 
-    def measured(first, collate, objective, loss_fn, autocast, params):
+    def measured(first, collate, objective, loss_fn, autocast, params, parameters):
         rng = torch.get_rng_state()
         calls.append(len(first))
-        monkeypatch.setattr(autotune, "MIN_SECONDS", 0.0)
+        monkeypatch.setattr(autotune, "MIN_FLOPS", 0)
         clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 23.0])  # shared 3 s, unshared 1 s, shared 3 s
         monkeypatch.setattr(autotune.time, "perf_counter", lambda: next(clock))
         try:
-            choice = real(first, collate, objective, loss_fn, autocast, params)
+            choice = real(first, collate, objective, loss_fn, autocast, params, parameters)
         finally:
             monkeypatch.undo()
         assert all(p.grad is None for p in params) and torch.equal(rng, torch.get_rng_state())
@@ -510,7 +510,14 @@ def test_share_prefix_auto_measures_once_and_the_resume_keeps_it(tiny_model, tmp
     assert again.config["share_prefix"] is False
 
 
-def test_share_prefix_auto_keeps_sharing_where_a_pass_is_too_short_to_time(tiny_model, tmp_path):
+def test_share_prefix_auto_keeps_sharing_where_a_pass_is_too_short_to_time(tiny_model, tmp_path, monkeypatch):
+    """Decided by size, not by a clock: a tiny model is never timed, so two runs always agree."""
+    from tunery.training import autotune
+
+    answers, real = [], autotune.share_prefix
+    monkeypatch.setattr(autotune, "share_prefix", lambda *a: answers.append(real(*a)) or answers[-1])
     data = write_jsonl(tmp_path / "sys.jsonl", system_rows())
     run = train(cfg(tiny_model, data, tmp_path / "r", max_steps=1), progress=False)
-    assert run.config["share_prefix"] is True
+    assert run.config["share_prefix"] is True and answers == [(True, None)]  # None: nothing was timed
+    explicit = train(cfg(tiny_model, data, tmp_path / "e", max_steps=1, val_max="auto", share_prefix="auto"), progress=False)
+    assert explicit.config["val_max"] == 256

@@ -60,4 +60,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tunery.cli_output import listener_for
+    from tunery.progress import listening
+
+    with listening(listener_for(quiet=False)):  # the CLI's progress bars (on a terminal) for these steps too
+        main()

@@ -1,5 +1,6 @@
 """The command line. Thin: parse, call the library, print. Heavy imports happen inside commands
-so `tunery --help` is instant."""
+so `tunery --help` is instant. How it prints (results, --json, --quiet, progress, errors):
+cli_output.py."""
 
 import json
 import os
@@ -9,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from .cli_output import JSON, QUIET, command, console, emit, error_line
 from .errors import TuneryError, validated
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -17,13 +19,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect and check datasets.")
 app.add_typer(data_app, name="data")
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
 @app.command()
+@command
 def generate(
     model: str = typer.Argument(..., help="default, a model folder, a .gguf file or a cached hub id"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="The user message"),
@@ -31,14 +28,20 @@ def generate(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 is greedy"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ):
     """Answer one prompt, rendered through the model's chat template."""
-    from .generation import generate as run
+    from .generation import Generator
 
-    print(run(model, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    out = Generator(model).chat([messages], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)[0]
+    emit({"model": model, "text": out.text, "finish_reason": out.finish_reason, "prompt_tokens": out.prompt_tokens,
+          "completion_tokens": out.completion_tokens}, as_json, lambda: print(out.text))
 
 
 @data_app.command("check")
+@command
 def data_check(
     file: Path = typer.Argument(..., help="A .jsonl, .json, .csv or .parquet dataset"),
     model: str = typer.Option("default", "--model", "-m", help="Model whose tokenizer and chat template are used"),
@@ -51,7 +54,8 @@ def data_check(
     retrieval: Optional[str] = typer.Option(None, "--retrieval", help="An index: ground each example as training "
                                             "would, and report how often the context holds the answer"),
     retrieval_k: int = typer.Option(3, "--retrieval-k", min=1, max=20),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ):
     """Report every problem in a dataset file and what training would see."""
     from .config import DataConfig
@@ -68,33 +72,39 @@ def data_check(
     tokenizer = load_tokenizer(cfg.model)
     report = check_dataset(file, cfg, tokenizer=tokenizer, ground=ground)
     example = render_example(file, show, cfg, tokenizer=tokenizer) if show is not None else None
-    if as_json:
-        if example:
-            line, pieces = example
-            report["example"] = {"index": show, "line": line, "text": "".join(p for p, _ in pieces),
-                                 "trained": [p for p, trained in pieces if trained]}
-        print(json.dumps(report))
-    else:
+    if example and as_json:
+        line, pieces = example
+        report["example"] = {"index": show, "line": line, "text": "".join(p for p, _ in pieces),
+                             "trained": [p for p, trained in pieces if trained]}
+
+    def show_report():
         from .data.report import print_example, print_report
 
-        print_report(report, _console())
+        print_report(report, console())
         if example:
-            print_example(show, *example, _console())
+            print_example(show, *example, console())
+
+    emit(report, as_json, show_report)
     raise typer.Exit(0 if report["ok"] else 1)
 
 
 @app.command()
+@command
 def merge(
     run: str = typer.Argument(..., help="A run folder trained with an adapter"),
     out: Path = typer.Argument(..., help="Folder for the standalone merged model"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ):
     """Fold a run's adapter into its base: a standalone safetensors model."""
     from .export import merge_run
 
-    print(merge_run(run, out))
+    folder = merge_run(run, out)
+    emit({"out": str(folder)}, as_json, lambda: print(folder))
 
 
 @app.command("export")
+@command
 def export_(
     run: str = typer.Argument(..., help="A run folder or a registered fine-tune (ft:...)"),
     format: str = typer.Option(..., "--format", help="merged (one safetensors model) | peft (the adapter, for vLLM) | "
@@ -102,15 +112,17 @@ def export_(
     out: Path = typer.Option(..., "--out", help="A new or empty folder"),
     quant: Optional[str] = typer.Option(None, "--quant", help="GGUF type: f16 (default) | bf16 | q8_0 | q6_k | q5_k_m | q4_k_m"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the export against the run's own model first"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ):
     """Export a fine-tune for other tools, verified before it is handed over."""
     from .export import export
 
     record = export(run, format, out, verify=verify, quant=quant)
-    if as_json:
-        print(json.dumps(record))
-        return
+    emit(record, as_json, lambda: _show_export(record, run, out, quiet))
+
+
+def _show_export(record: dict, run: str, out: Path, quiet: bool) -> None:
     v = record.get("verification")
     name = record["source"]["name"] or run
     if not v:
@@ -121,6 +133,8 @@ def export_(
         checked = (f"verified in llama.cpp: same prompt, {v['agreement']:.0%} of {v['prompts']} greedy answers as tunery's"
                    + (f", {record['size_ratio_to_f16']:.2f}x the f16 size" if "size_ratio_to_f16" in record else ""))
     print(f"{record['format']} export of {name} in {out} ({checked})")
+    if quiet:
+        return
     for warning in (record.get("warning"), (v or {}).get("note")):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
@@ -146,10 +160,10 @@ def chat(
 
     gen = Generator(model)
     messages = [{"role": "system", "content": system}] if system else []
-    console = _console()
+    screen = console()
     while True:
         try:
-            text = console.input("[bold cyan]you>[/] ")
+            text = screen.input("[bold cyan]you>[/] ")
         except EOFError:
             break
         if not text.strip():
@@ -157,7 +171,7 @@ def chat(
         messages.append({"role": "user", "content": text})
         answer = gen.chat([messages], max_new_tokens=max_new_tokens, temperature=temperature)[0].text
         messages.append({"role": "assistant", "content": answer})
-        console.print(f"[bold green]model>[/] {answer}")
+        screen.print(f"[bold green]model>[/] {answer}")
 
 
 def _metric_options(schema: Optional[Path], regex: Optional[str]) -> dict:
@@ -178,6 +192,7 @@ _METRICS_HELP = "Comma-separated: exact, json_valid, json_exact, json_schema, re
 
 
 @app.command("eval")
+@command
 def eval_(
     model: str = typer.Argument(..., help="A run folder or any model reference"),
     data: Path = typer.Option(..., "--data", help="Held-out examples; the final assistant turn is the reference"),
@@ -189,7 +204,8 @@ def eval_(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples"),
     retrieval: Optional[str] = _RETRIEVAL,
     retrieval_k: int = _RETRIEVAL_K,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ):
     """Loss, perplexity and generation metrics of one model on a dataset."""
     from .evaluate.evaluator import evaluate_model
@@ -203,22 +219,25 @@ def eval_(
     result = evaluate_model(model, data, names, options=options, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, limit=limit, retrieval=retrieval, retrieval_k=retrieval_k)
     recorder.record_eval(registered, "eval", data, result, _eval_params(names, options, max_new_tokens, limit))
-    if as_json:
-        print(json.dumps(result))
-        return
+    emit(result, as_json, lambda: _show_eval(result, model, data))
+
+
+def _show_eval(result: dict, model: str, data: Path) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{model} on {len(result['examples'])} examples of {data}")
+    table = Table(title=escape(f"{model} on {len(result['examples'])} examples of {data}"))
     table.add_column("metric")
     table.add_column("mean", justify="right")
     for name, v in result["metrics"].items():
         table.add_row(name, f"{v:.4f}")
     table.add_row("prompt tokens / request", f"{result['prompt_tokens_per_request']:.1f}")
     table.add_row("latency s / request", f"{result['latency_s_per_request']:.3f}")
-    _console().print(table)
+    console().print(table)
 
 
 @app.command()
+@command
 def compare(
     base: str = typer.Option("default", "--base", help="The base model"),
     tuned: str = typer.Option(..., "--tuned", help="The fine-tuned run (or model)"),
@@ -236,7 +255,8 @@ def compare(
     retrieval: Optional[str] = typer.Option(None, "--retrieval", help="An index: adds base_rag and tuned_rag (the "
                                             "base and the fine-tune with each question's retrieved context)"),
     retrieval_k: int = _RETRIEVAL_K,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ):
     """Base vs prompt-only baseline vs fine-tune: quality, prompt tokens and latency."""
     from .evaluate.compare import compare as run_compare
@@ -260,11 +280,12 @@ def compare(
     folder = RunFolder(run) if run else None
     out = report_dir or (folder.report_dir if folder else Path("report"))
     json_path, html_path = write_report(result, out, folder.read_metrics() if folder else [])
-    if as_json:
-        print(json.dumps(result))
-        return
-    print_comparison(result, _console())
-    _console().print(f"report: {html_path} and {json_path}")
+
+    def show():
+        print_comparison(result, console())
+        print(f"report: {html_path} and {json_path}")
+
+    emit(result, as_json, show)
 
 
 def _eval_params(names: list[str], options: dict, max_new_tokens: int, limit: Optional[int]) -> dict:
@@ -272,8 +293,9 @@ def _eval_params(names: list[str], options: dict, max_new_tokens: int, limit: Op
     return {"metrics": names, "options": options, "max_new_tokens": max_new_tokens, "limit": limit}
 
 
-def _train(config: Optional[str] = None, **flags):
-    """Fine-tune a model. Flags override the --config YAML, which overrides the defaults."""
+def _train(config: Optional[str] = None, as_json: bool = False, quiet: bool = False, **flags):
+    """Fine-tune a model. Flags override the --config YAML, which overrides the defaults. Prints
+    the run folder (with --json: its record, the resolved recipe and the final metrics)."""
     from .config import load_train_config
     from .training import train
 
@@ -283,7 +305,10 @@ def _train(config: Optional[str] = None, **flags):
 
         saved = RunFolder(flags["out"]).config_file  # resume with the recipe the run was started with
         config = str(saved) if saved.is_file() else None
-    train(load_train_config(config, **flags))
+    run = train(load_train_config(config, **flags))
+    info = run.info.model_dump(mode="json", exclude_none=True, exclude={"val": {"lines"}})  # as the registry has it
+    emit({"dir": str(run.dir), **info, "config": run.config},
+         as_json, lambda: print(run.dir))
 
 
 def _register_train() -> None:
@@ -293,7 +318,9 @@ def _register_train() -> None:
     from .config import TrainConfig
 
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
-                                default=typer.Option(None, "--config", "-c", help="YAML recipe; flags override it"))]
+                                default=typer.Option(None, "--config", "-c", help="YAML recipe; flags override it")),
+              inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=JSON),
+              inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=QUIET)]
     for name, field in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
@@ -304,7 +331,7 @@ def _register_train() -> None:
             annotation = Optional[str]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option))
     _train.__signature__ = inspect.Signature(params)
-    app.command("train")(_train)
+    app.command("train")(command(_train))
 
 
 _register_train()
@@ -314,8 +341,8 @@ def _register_registry() -> None:
     from . import cli_registry
 
     app.add_typer(cli_registry.models_app, name="models")
-    for command in (cli_registry.lineage, cli_registry.retrain, cli_registry.reeval):
-        app.command()(command)
+    for fn in (cli_registry.lineage, cli_registry.retrain, cli_registry.reeval):
+        app.command()(fn)
 
 
 _register_registry()
@@ -348,7 +375,7 @@ def run(argv: list[str] | None = None) -> int:
         return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except TuneryError as exc:
         if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, rank 0 alone says it
-            print(f"error: {exc}", file=sys.stderr)
+            print(error_line(exc), file=sys.stderr)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

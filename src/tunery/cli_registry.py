@@ -1,35 +1,26 @@
 """The registry commands: `tunery models list|show|rm|diff`, `lineage`, `retrain`, `reeval`.
 Thin like cli.py: parse, call tunery.registry and tunery.workflows, print."""
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from .cli_output import JSON, QUIET, command, console, emit
 from .errors import RegressionError
 
 models_app = typer.Typer(no_args_is_help=True,
                          help="The registry: every fine-tune with its recipe, data, base and results.")
 
 _NAME = typer.Argument(..., help="A registry name (ft:...), id or run folder")
-_JSON = typer.Option(False, "--json", help="Print one JSON object")
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
-
-
-def _dump(obj) -> None:
-    print(json.dumps(obj, default=str))
 
 
 @models_app.command("list")
+@command
 def models_list(
     stale: bool = typer.Option(False, "--stale", help="Only fine-tunes whose base reference now holds different content"),
-    as_json: bool = _JSON,
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ):
     """Every recorded fine-tune, oldest first; files whose folder vanished show as missing."""
     from .registry import store
@@ -41,14 +32,12 @@ def models_list(
         rows = store.list_models(conn)
         if stale:
             rows = [r for r in staleness.check(conn, rows) if r["stale"]]
-    if as_json:
-        _dump([public(r) for r in rows])
-    else:
-        print_list(rows, _console(), stale=stale)
+    emit([public(r) for r in rows], as_json, lambda: print_list(rows, console(), stale=stale))
 
 
 @models_app.command("show")
-def models_show(name: str = _NAME, as_json: bool = _JSON):
+@command
+def models_show(name: str = _NAME, as_json: bool = JSON, quiet: bool = QUIET):
     """Everything recorded about one model: base and its hashes, data, recipe, versions, metrics, evals."""
     from .registry import store
     from .registry.db import connect
@@ -56,14 +45,13 @@ def models_show(name: str = _NAME, as_json: bool = _JSON):
 
     with connect(create=False) as conn:
         row = store.describe(conn, name)
-    if as_json:
-        _dump(public(row))
-    else:
-        print_show(row, _console())
+    emit(public(row), as_json, lambda: print_show(row, console()))
 
 
 @models_app.command("rm")
-def models_rm(name: str = _NAME, yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask")):
+@command
+def models_rm(name: str = _NAME, yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask"),
+              as_json: bool = JSON, quiet: bool = QUIET):
     """Remove a model: its registry row and its run folder, together."""
     from .registry import store
     from .registry.db import connect
@@ -73,12 +61,15 @@ def models_rm(name: str = _NAME, yes: bool = typer.Option(False, "--yes", "-y", 
         if not yes:
             typer.confirm(f"remove {row['name']} and its folder {row['run_dir']}?", abort=True)
         removed = store.remove(conn, name)
-    print(f"removed {row['name']}" + (f" and {row['run_dir']}" if removed["files_removed"] else " (its folder was already gone)"))
+    emit({"removed": row["name"], "run_dir": row["run_dir"], "files_removed": bool(removed["files_removed"])}, as_json,
+         lambda: print(f"removed {row['name']}" + (f" and {row['run_dir']}" if removed["files_removed"]
+                                                   else " (its folder was already gone)")))
 
 
 @models_app.command("diff")
+@command
 def models_diff(a: str = typer.Argument(..., help="A model"), b: str = typer.Argument(..., help="Another model"),
-                as_json: bool = _JSON):
+                as_json: bool = JSON, quiet: bool = QUIET):
     """Recipe, data, base and metric differences between two models."""
     from .registry import store
     from .registry.db import connect
@@ -87,13 +78,11 @@ def models_diff(a: str = typer.Argument(..., help="A model"), b: str = typer.Arg
 
     with connect(create=False) as conn:
         result = diff(conn, store.get(conn, a), store.get(conn, b))
-    if as_json:
-        _dump(result)
-    else:
-        print_diff(result, _console())
+    emit(result, as_json, lambda: print_diff(result, console()))
 
 
-def lineage(name: str = _NAME, as_json: bool = _JSON):
+@command
+def lineage(name: str = _NAME, as_json: bool = JSON, quiet: bool = QUIET):
     """A model's ancestors (what it was retrained from), descendants, and where each was exported."""
     from .registry import store
     from .registry.db import connect
@@ -101,13 +90,10 @@ def lineage(name: str = _NAME, as_json: bool = _JSON):
 
     with connect(create=False) as conn:
         result = store.lineage(conn, name)
-    if as_json:
-        keep = ("id", "name", "status", "base_ref", "derived_from", "created", "removed")
-        brief = lambda r: {k: r.get(k) for k in keep} | ({"exports": r["exports"]} if "exports" in r else {})  # noqa: E731
-        _dump({"model": brief(result["model"]), "ancestors": [brief(r) for r in result["ancestors"]],
-               "descendants": [brief(r) for r in result["descendants"]]})
-    else:
-        print_lineage(result, _console())
+    keep = ("id", "name", "status", "base_ref", "derived_from", "created", "removed")
+    brief = lambda r: {k: r.get(k) for k in keep} | ({"exports": r["exports"]} if "exports" in r else {})  # noqa: E731
+    emit({"model": brief(result["model"]), "ancestors": [brief(r) for r in result["ancestors"]],
+          "descendants": [brief(r) for r in result["descendants"]]}, as_json, lambda: print_lineage(result, console()))
 
 
 _METRICS = typer.Option(None, "--metrics", help="Comma-separated metrics (default: the recorded evaluation's)")
@@ -122,14 +108,12 @@ def _split(metrics: Optional[str]) -> Optional[list[str]]:
 def _finish(result: dict, as_json: bool) -> None:
     from .registry.report import print_rerun, regression_message
 
-    if as_json:
-        _dump(result)
-    else:
-        print_rerun(result, _console())
+    emit(result, as_json, lambda: print_rerun(result, console()))
     if result["regressions"]:
         raise RegressionError(regression_message(result))
 
 
+@command
 def retrain(
     name: str = _NAME,
     base: str = typer.Option(..., "--base", help="The new base model (any model reference)"),
@@ -140,7 +124,8 @@ def retrain(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder for the new model"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Generation batch size"),
-    as_json: bool = _JSON,
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ):
     """Re-run a model's recorded recipe on a new base, evaluate old and new the same way, gate on regressions."""
     from .workflows import retrain as run
@@ -151,6 +136,7 @@ def retrain(
     _finish(result, as_json)
 
 
+@command
 def reeval(
     name: str = _NAME,
     base: Optional[str] = typer.Option(None, "--base", help="Apply the model's adapter to this base instead"),
@@ -159,7 +145,8 @@ def reeval(
     max_regression: Optional[float] = _MAX_REG,
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    as_json: bool = _JSON,
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ):
     """Re-run the recorded evaluation (optionally on a new base) to tell whether a retrain is needed."""
     from .workflows import reeval as run

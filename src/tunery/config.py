@@ -86,8 +86,8 @@ class TrainConfig(DataConfig):
     data: str = Field(..., description="Training dataset file (.jsonl, .json, .csv, .parquet)")
     val_data: str | None = Field(None, description="Validation dataset file (instead of --val-split)")
     val_split: float = Field(0.1, ge=0, lt=1, description="Fraction of the training file held out for validation when no --val-data (0: none)")
-    val_max: int | Literal["auto"] = Field(
-        "auto", ge=0, description=f"Most validation examples: a --val-split holds out at most this many (the rest "
+    val_max: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description=f"Most validation examples: a --val-split holds out at most this many (the rest "
         f"train), a --val-data file is sampled down to it; auto: {AUTO_VAL_MAX}; 0: no limit")
     method: Method = Field("lora", description="full | lora | dora | qlora")
     objective: Objective = Field(
@@ -153,7 +153,8 @@ class TrainConfig(DataConfig):
         `n_val` validation) examples uses: epochs, max_steps (the total), lr, eval_every (None
         without validation data), save_every, the precision measured for this machine, the
         detected data format, the run folder, the processes training together and the strategy
-        (by method and the base's `parameters`)."""
+        (by method and the base's `parameters`). share_prefix auto is left to the loop, which times
+        it on the built model (training/autotune.py) and records the answer."""
         from .run_folder import RunFolder
 
         per_epoch = steps_per_epoch(n_examples, self.batch_size, self.grad_accum)
@@ -175,7 +176,7 @@ class TrainConfig(DataConfig):
     @property
     def is_resolved(self) -> bool:
         return "auto" not in (self.epochs, self.lr, self.eval_every, self.save_every, self.precision, self.format,
-                              self.strategy, self.beta, self.val_max, self.share_prefix)
+                              self.strategy, self.beta, self.val_max)  # share_prefix: the loop measures it
 
     @property
     def val_cap(self) -> int:

@@ -2,7 +2,10 @@
 
 The CLI prints a TuneryError as one line and exits with its `exit_code`, no traceback; the server
 answers it with the HTTP status serve/errors.py maps its class to. `field` names the input at
-fault when there is one (a config field, a request parameter), dotted for nested fields.
+fault when there is one (a config field, a request parameter), dotted for nested fields. `hint`
+says what to do next where there is a next step (a command to run, a package to install): the
+CLI's one error handler prints it after the message, on the same line; the message (`str(exc)`)
+never repeats it, and the server, whose clients run no commands, leaves it out.
 """
 
 
@@ -11,9 +14,13 @@ class TuneryError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, field: str | None = None):
+    def __init__(self, message: str, field: str | None = None, hint: str | None = None):
         super().__init__(message)
-        self.field = field
+        self.field, self.hint = field, hint
+
+    def line(self) -> str:
+        """The message, and what to do next when there is a next step: one line."""
+        return f"{self}; {self.hint}" if self.hint else str(self)
 
 
 class NotFound(TuneryError):
@@ -67,9 +74,18 @@ def field_of(loc) -> str:
     return out
 
 
+# Errors of a value of the right type that is out of its bounds: for a union field (`"auto" | 1..256`)
+# they say more than the other members' "should be 'auto'".
+BOUND_ERRORS = ("less_than_equal", "less_than", "greater_than_equal", "greater_than", "too_long", "too_short",
+                "string_pattern_mismatch", "multiple_of")
+
+
 def config_error(exc, source: str = "") -> ConfigError:
-    """The one-line error for a pydantic ValidationError: its first problem, naming the field."""
-    err = exc.errors()[0]
+    """The one-line error for a pydantic ValidationError: its first problem, naming the field (of a
+    union's members' complaints about that field, a bound the value broke, when one did)."""
+    errs = exc.errors()
+    first = field_of(errs[0]["loc"])
+    err = next((e for e in errs if field_of(e["loc"]) == first and e["type"] in BOUND_ERRORS), errs[0])
     field = field_of(err["loc"]) or "config"
     msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
     return ConfigError(f"{source}{field}: {msg} (got {err.get('input')!r})", field=field)

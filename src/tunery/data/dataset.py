@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from ..progress import Task
 from .formats import Invalid, normalise, rows_with_format
 from .render import OVERLONG_POLICIES, Encoded, PairEncoded, Renderer, apply_max_length
 from .types import Issue
@@ -136,9 +137,14 @@ class Scan:
         if self.error_count:
             first = self.errors[0]
             n = self.error_count
-            more = f" (and {n - 1} more; run `tunery data check {self.path}`)" if n > 1 else ""
+            more = f" (and {n - 1} more)" if n > 1 else ""
             where = f"{self.path}:{first.line}" if first.line else str(self.path)  # line 0: the whole file
-            raise DataError(f"{where}: {first.message} [{first.code}]{more}")
+            raise DataError(f"{where}: {first.message} [{first.code}]{more}", hint=check_hint(self.path))
+
+
+def check_hint(path) -> str:
+    """What to do next about a data file that has a problem."""
+    return f"run `tunery data check {path}` to see every problem"
 
 
 Sink = Callable[[int, list[int], list[int]], None]  # (line, input_ids, loss_mask) of each kept example
@@ -153,7 +159,14 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
     path = Path(path)
     if overlong not in OVERLONG_POLICIES:
         raise DataError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got {overlong!r}")
-    fmt, rows = rows_with_format(path, fmt)
+    with Task(f"read {path.name}") as task:  # in bytes of the file, by its reader
+        return _scan(path, renderer, task, max_length=max_length, overlong=overlong, fmt=fmt, keep=keep,
+                     ground=ground, sink=sink)
+
+
+def _scan(path: Path, renderer: Renderer, task: Task, *, max_length: int, overlong: str, fmt: str, keep: bool,
+          ground, sink: Sink | None) -> Scan:
+    fmt, rows = rows_with_format(path, fmt, task)
     scan = Scan(path=path, format=fmt)
     duplicates = _Duplicates()
     convs, chars = [], 0
@@ -162,6 +175,7 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
         for conv, enc in zip(convs, renderer.encode_many(convs)):
             _account(scan, conv.line, enc, max_length, overlong, keep, sink)
         convs.clear()
+        task.update(note=f"{scan.examples:,} examples")
 
     for line, row in rows:
         scan.examples += 1
@@ -183,6 +197,8 @@ def scan_file(path: str | Path, renderer: Renderer, *, max_length: int, overlong
         chars += len(canonical)
     if convs:
         encode()
+    if task.total is not None:
+        task.update(task.total)
     for line, first in duplicates.found():
         scan.warn(Issue(line, "duplicate", f"exact duplicate of line {first}"))
     if scan.n_kept and fmt != "text":

@@ -72,15 +72,16 @@ def detect_file_format(rows: list[tuple[int, object]], where: str) -> str:
     return max(seen, key=seen.get)
 
 
-def rows_with_format(path, fmt: str = "auto"):
-    """(format, rows) for a file: `auto` is detected from its first rows, which stay in the stream."""
+def rows_with_format(path, fmt: str = "auto", task=None):
+    """(format, rows) for a file: `auto` is detected from its first rows, which stay in the stream.
+    `task` (progress.Task): how far into the file the rows are."""
     import itertools
 
     from .readers import read_rows
 
     if fmt != "auto" and fmt not in FORMATS:
         raise DataError(f"format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
-    rows = read_rows(path)
+    rows = read_rows(path, task)
     if fmt != "auto":
         return fmt, rows
     head = list(itertools.islice(rows, 64))

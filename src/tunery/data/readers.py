@@ -9,6 +9,9 @@ or row over it is a one-line DataError (the CSV's structure is lost there). JSON
 are read as streams; a .json file is one array, read whole, so it is refused above
 MAX_JSON_BYTES with the command that converts it to JSONL.
 
+Progress: given a `task` (progress.Task), a reader reports how far into the file it is, in bytes
+(rows for Parquet), every REPORT_EVERY rows.
+
 Text is UTF-8, strictly (a leading byte-order mark, as Excel writes, is skipped): bytes that are
 not are an `invalid_utf8` error naming the line (and
 column) that holds them, never silently replaced. Text is decoded with surrogateescape, which
@@ -24,6 +27,7 @@ it. A .json file holds exactly one array: a missing ']' or anything after it is 
 """
 
 import csv
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -36,6 +40,7 @@ SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv
 MAX_ROW_BYTES = 8 * 2**20  # one example (a JSONL line, JSON element, CSV row, Parquet row), its line end not counted
 MAX_JSON_BYTES = 64 * 2**20  # a .json file, which is read whole
 _SKIP = 2**16  # characters read at a time while skipping a line over the cap
+REPORT_EVERY = 256  # rows between two progress reports
 
 
 @dataclass
@@ -53,12 +58,31 @@ def file_kind(path: Path) -> str:
     return kind
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[int, object]]:
+def read_rows(path: str | Path, task=None) -> Iterator[tuple[int, object]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     reader = {"jsonl": _jsonl, "json": _json_array, "csv": _csv, "parquet": _parquet}[file_kind(path)]
-    yield from reader(path)
+    yield from reader(path, task or _NoTask())
+
+
+class _NoTask:
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+
+def _file_progress(f, path: Path, task):
+    """A function reporting, every REPORT_EVERY calls, how many bytes of the file were read."""
+    task.update(0, total=path.stat().st_size, unit="B")
+    calls = 0
+
+    def report() -> None:
+        nonlocal calls
+        calls += 1
+        if calls % REPORT_EVERY == 0:
+            task.update(f.buffer.tell())
+
+    return report
 
 
 # -- sizes -------------------------------------------------------------------------------------
@@ -123,9 +147,11 @@ def _lines(f, ends: tuple[str, ...]) -> Iterator[tuple[str | None, int]]:
 
 # -- the readers -------------------------------------------------------------------------------
 
-def _jsonl(path: Path):
+def _jsonl(path: Path, task):
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="\n") as f:
+        report = _file_progress(f, path, task)
         for n, (text, size) in enumerate(_lines(f, ("\n",)), 1):
+            report()
             if text is None:
                 yield n, RowError("too_large", _too_large("the line", size))
                 continue
@@ -141,7 +167,7 @@ def _jsonl(path: Path):
                 yield n, RowError("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
 
 
-def _json_array(path: Path):
+def _json_array(path: Path, task):
     size = path.stat().st_size
     if size > MAX_JSON_BYTES:
         raise DataError(f"{path}: {_over('the file', size, MAX_JSON_BYTES, 'a .json dataset may take')} (it is read "
@@ -168,8 +194,11 @@ def _json_array(path: Path):
     if i >= n or text[i] != "[":
         raise DataError(f"{path}:{line}: a .json dataset must be one JSON array of examples (use .jsonl for one per line)")
     advance(skip_ws(i + 1))
+    task.update(0, total=n, unit="B")  # characters, near enough to bytes
     if not (i < n and text[i] == "]"):
-        while True:
+        for count in itertools.count(1):
+            if count % REPORT_EVERY == 0:
+                task.update(i)
             start, start_line = i, line
             try:
                 value, end = decoder.raw_decode(text, i)
@@ -213,7 +242,7 @@ def _syntax_error(text: str, pos: int, msg: str, *, missing: bool) -> tuple[int,
     return line, RowError("invalid_json", f"invalid JSON: {msg} (column {column})")
 
 
-def _csv(path: Path):
+def _csv(path: Path, task):
     if csv.field_size_limit() < MAX_ROW_BYTES:  # the csv module's default is 128 KiB a cell
         csv.field_size_limit(MAX_ROW_BYTES)
     bad: list[tuple[int, RowError]] = []  # undecodable bytes in the current row
@@ -234,6 +263,7 @@ def _csv(path: Path):
             yield text
 
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        report = _file_progress(f, path, task)
         reader = csv.reader(lines(f))
         header = next(reader, None)
         if bad:  # the header is no example: the file is refused
@@ -241,6 +271,7 @@ def _csv(path: Path):
         if header is None:
             return
         while True:
+            report()
             row["start"] = reader.line_num + 1  # the file line this row starts on (line 1 is the header)
             row["bytes"] = 0
             cells = next(reader, None)
@@ -267,7 +298,7 @@ def _maybe_json(cell):
     return cell
 
 
-def _parquet(path: Path):
+def _parquet(path: Path, task):
     import pyarrow.parquet as pq
 
     try:
@@ -275,7 +306,9 @@ def _parquet(path: Path):
     except Exception as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     row = 0
+    task.update(0, total=pf.metadata.num_rows, unit="rows")
     for batch in pf.iter_batches(batch_size=1024):
+        task.update(row)
         for record in batch.to_pylist():
             row += 1
             size = _value_bytes(record)

@@ -35,16 +35,17 @@ def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_
     base_gen = Generator(base)
     base_loss = dataset_loss(base_gen, data, cfg.model_copy(update={"model": base}))
     contestants = {
-        "base": evaluate(base_gen, cases, loss=base_loss, **kw),
-        "prompt_only": evaluate(base_gen, cases, system=system, shots=shots, **kw),
+        "base": evaluate(base_gen, cases, loss=base_loss, label="generate base", **kw),
+        "prompt_only": evaluate(base_gen, cases, system=system, shots=shots, label="generate prompt_only", **kw),
     }
     if found:
-        contestants["base_rag"] = evaluate(base_gen, cases, system=system, retrieved=found["hits"], **kw)
+        contestants["base_rag"] = evaluate(base_gen, cases, system=system, retrieved=found["hits"],
+                                           label="generate base_rag", **kw)
     del base_gen
     tuned_gen = Generator(tuned)
-    contestants["tuned"] = evaluate(tuned_gen, cases, loss=dataset_loss(tuned_gen, data, cfg), **kw)
+    contestants["tuned"] = evaluate(tuned_gen, cases, loss=dataset_loss(tuned_gen, data, cfg), label="generate tuned", **kw)
     if found:
-        contestants["tuned_rag"] = evaluate(tuned_gen, cases, retrieved=found["hits"], **kw)
+        contestants["tuned_rag"] = evaluate(tuned_gen, cases, retrieved=found["hits"], label="generate tuned_rag", **kw)
     training = None
     if tuned_ref.run is not None:
         final = RunFolder(tuned_ref.run).read_info().final

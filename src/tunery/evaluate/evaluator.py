@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataConfig
-from ..data.dataset import scan_file
+from ..data.dataset import check_hint, scan_file
 from ..data.doctor import make_renderer
 from ..data.formats import normalise, rows_with_format
 from ..errors import DataError
 from ..metrics import resolve_metrics
+from ..progress import Task
 
 
 @dataclass
@@ -34,7 +35,7 @@ def load_cases(path: str | Path, fmt: str = "auto", limit: int | None = None) ->
     for line, row in rows:
         conv, issues = normalise(line, row, fmt)
         if conv is None:
-            raise DataError(f"{path}:{line}: {issues[0].message} [{issues[0].code}]")
+            raise DataError(f"{path}:{line}: {issues[0].message} [{issues[0].code}]", hint=check_hint(path))
         if conv.text is not None:
             raise DataError(f"{path}:{line}: plain-text examples have no answer to score; use a chat-like format")
         last = max(i for i, m in enumerate(conv.messages) if m["role"] == "assistant")
@@ -141,10 +142,11 @@ def retrieve(cases: list[Case], index_ref: str, k: int) -> dict:
 
 def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | None = None,
              shots: list[dict] | None = None, options: dict | None = None, max_new_tokens: int = 256,
-             batch_size: int = 16, loss: float | None = None, retrieved: list | None = None) -> dict:
+             batch_size: int = 16, loss: float | None = None, retrieved: list | None = None,
+             label: str = "generate") -> dict:
     """Score one contestant. Returns {"metrics": {name: mean}, "examples": [...], per-request costs}.
     `retrieved` (one list of hits per case) puts each case's context into its question, in the
-    layout training with retrieval uses."""
+    layout training with retrieval uses. `label` names its progress."""
     fns = resolve_metrics(metrics)
     options = dict(options or {})
     prompts = [with_prompting(c.prompt, system, shots or []) for c in cases]
@@ -153,7 +155,7 @@ def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | 
 
         prompts = [with_context(p, hits) for p, hits in zip(prompts, retrieved)]
     t0 = time.perf_counter()
-    outputs = generator.chat(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    outputs = _answers(generator, prompts, max_new_tokens, batch_size, label)
     seconds = time.perf_counter() - t0
     examples, sums = [], {name: 0.0 for name in fns}
     for case, out in zip(cases, outputs):
@@ -175,6 +177,22 @@ def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | 
         "latency_s_per_request": seconds / len(examples),
         "seconds": seconds,
     }
+
+
+def _answers(generator, prompts: list[list[dict]], max_new_tokens: int, batch_size: int, label: str) -> list:
+    """generator.chat's answers, asked one batch at a time so each batch counts as progress. chat
+    batches the longest prompts first; handing it the batches in that order keeps the batches it
+    would have made, and so its answers."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(generator.prompt_ids(prompts[i])))
+    outputs = [None] * len(prompts)
+    with Task(label, len(prompts), unit="answers") as task:
+        for b in range(0, len(order), batch_size):
+            idx = order[b: b + batch_size]
+            for i, out in zip(idx, generator.chat([prompts[i] for i in idx], max_new_tokens=max_new_tokens,
+                                                  batch_size=batch_size)):
+                outputs[i] = out
+            task.advance(len(idx))
+    return outputs
 
 
 def evaluate_model(model, data: str | Path, metrics: list[str], *, options: dict | None = None,

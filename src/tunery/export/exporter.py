@@ -19,7 +19,9 @@
             (checked by Go's text/template on system / no-system / multi-turn conversations)
 
 Every export writes OUT/export.json (format, file sha256s, the verification figures, the source
-run's registry id and name). OUT is written atomically and must not exist or be empty.
+run's registry id and name). OUT is written atomically and must not exist or be empty. Its
+progress is one task whose steps are the export's stages (load, merge, convert, quantize, verify,
+hash), named as they run.
 """
 
 import json
@@ -28,6 +30,7 @@ from pathlib import Path
 from ..errors import ConfigError, TuneryError
 from ..files import atomic_dir, file_digest, now
 from ..models import load_model, load_tokenizer, resolve_model
+from ..progress import Task
 from ..registry import recorder
 from ..run_folder import RunFolder
 
@@ -41,8 +44,6 @@ VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # --max-lora-rank values vLLM 
 
 def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True, quant: str | None = None) -> dict:
     """Write the export and return what export.json records."""
-    import torch
-
     if fmt not in FORMATS:
         raise ConfigError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}", "format")
     if quant is not None and fmt not in ("gguf", "ollama"):
@@ -62,33 +63,78 @@ def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True, q
         raise TuneryError(f"{out} already exists and is not empty; choose another output folder")
     info = RunFolder(resolved.run).read_info()
     model_id = recorder.registered_id(str(resolved.run))  # a broken registry is reported before any work
-    reference, tokenizer = load_model(resolved, dtype=torch.float32, device="cpu", merge=False) \
-        if verify and fmt in ("merged", "peft") else (None, load_tokenizer(resolved))
+    with Task(f"export {fmt}", len(_stages(fmt, verify, quant)), unit="stages") as task:
+        record = _export(resolved, info, fmt, out, verify, quant, _Stages(task))
+    recorder.record_export(model_id, record)
+    return record
+
+
+def _stages(fmt: str, verify: bool, quant: str | None) -> list[str]:
+    """The stages an export goes through, in order (its progress counts them)."""
+    if fmt in ("merged", "peft"):
+        names = ["load", "merge" if fmt == "merged" else "copy", "verify", "hash"]
+    else:
+        from .gguf import FLOAT_QUANTS
+
+        names = ["merge", "convert", "quantize", "verify", "modelfile", "hash"]
+        if quant in FLOAT_QUANTS:
+            names.remove("quantize")
+        if fmt != "ollama":
+            names.remove("modelfile")
+    return [n for n in names if verify or n not in ("load", "verify")]
+
+
+class _Stages:
+    """Moves an export's task on as each stage begins."""
+
+    def __init__(self, task: Task):
+        self.task, self.started = task, False
+
+    def __call__(self, name: str) -> None:
+        self.task.advance(1 if self.started else 0, note=name)
+        self.started = True
+
+    def done(self) -> None:
+        self.task.update(self.task.total, note="")
+
+
+def _export(resolved, info, fmt: str, out: Path, verify: bool, quant: str | None, stage: _Stages) -> dict:
+    import torch
+
+    if verify and fmt in ("merged", "peft"):
+        stage("load")
+        reference, tokenizer = load_model(resolved, dtype=torch.float32, device="cpu", merge=False)
+    else:
+        reference, tokenizer = None, load_tokenizer(resolved)
     prompts = _prompts(info, tokenizer) if verify else []
     record = {"format": fmt, "source": {"run": str(resolved.run), "id": info.id, "name": info.name},
               "created": now()}
     with atomic_dir(out) as tmp:
         if fmt == "merged":
+            stage("merge")
             _save_merged(resolved, tokenizer, tmp)
             check = (lambda: _max_logit_diff(reference, _load(tmp), tokenizer, prompts)) if verify else None
         elif fmt in ("gguf", "ollama"):
-            record |= _gguf(resolved, info, tokenizer, tmp, out.name, quant, fmt == "ollama", verify)
+            record |= _gguf(resolved, info, tokenizer, tmp, out.name, quant, fmt == "ollama", verify, stage)
             check = None
         else:
+            stage("copy")
             record["adapter"] = _copy_adapter(resolved.adapter, tmp)
             tokenizer.save_pretrained(tmp)
             check = (lambda: _max_logit_diff(reference, _load(resolved.path, adapter=tmp), tokenizer, prompts)) \
                 if verify else None
         if check is not None:
+            stage("verify")
             diff = check()
             record["verification"] = {"prompts": len(prompts), "max_abs_logit_diff": diff, "tolerance": TOLERANCE}
             if not diff <= TOLERANCE:
                 raise TuneryError(f"export verification failed: logits differ by up to {diff:.2e} from the run's own "
                                   f"weights (tolerance {TOLERANCE:g}); nothing was written")
+        stage("hash")
         record["files"] = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "export.json").write_text(json.dumps(record, indent=2))
     record["out"] = str(out)
-    recorder.record_export(model_id, record)
+    stage.done()
     return record
 
 
@@ -110,7 +156,7 @@ def _ollama_name(name: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "tuned").removeprefix("ft:")).strip("-.") or "tuned"
 
 
-def _gguf(resolved, info, tokenizer, dest: Path, final: str, quant: str, ollama: bool, verify: bool) -> dict:
+def _gguf(resolved, info, tokenizer, dest: Path, final: str, quant: str, ollama: bool, verify: bool, stage) -> dict:
     """Merge, convert with llama.cpp's converter, quantize, and check the file in llama.cpp."""
     import tempfile
 
@@ -123,17 +169,22 @@ def _gguf(resolved, info, tokenizer, dest: Path, final: str, quant: str, ollama:
                              "not into the 4-bit weights it trained against")
     with tempfile.TemporaryDirectory(prefix=".tunery-gguf-", dir=dest.parent) as staging:
         staging = Path(staging)
+        stage("merge")
         merged = _save_merged(resolved, tokenizer, staging / "hf")
         f16 = staging / "model-f16.gguf"
+        stage("convert")
         convert(staging / "hf", dest / name if quant in FLOAT_QUANTS else f16, quant if quant in FLOAT_QUANTS else "f16")
         if quant not in FLOAT_QUANTS:
+            stage("quantize")
             quantize(f16, dest / name, quant)
             record["size_ratio_to_f16"] = round((dest / name).stat().st_size / f16.stat().st_size, 4)
         if verify:
+            stage("verify")
             record["verification"] = _verify_gguf(dest / name, merged, tokenizer, _conversations(resolved.run, info), quant)
     if ollama:
         from .ollama import go_template, import_command, modelfile
 
+        stage("modelfile")
         from ..data.template import load_template
 
         tmpl = go_template(load_template(tokenizer), tokenizer)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import TuneryError
 from ..home import tunery_home
+from ..progress import say
 from ..models.llamacpp import EXTRA, llama_cpp_module
 
 # name -> llama.cpp's LLAMA_FTYPE_* constant (None: written by the converter at that type)
@@ -56,8 +57,7 @@ def converter() -> Path:
 
 
 def _fetch_converter(version: str, folder: Path) -> None:
-    print(f"fetching llama.cpp's converter from the llama-cpp-python {version} source package (once) ...",
-          file=sys.stderr)
+    say(f"fetching llama.cpp's converter from the llama-cpp-python {version} source package (once) ...")
     with tempfile.TemporaryDirectory(prefix="tunery-llama-cpp-") as tmp:
         got = subprocess.run([sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps",
                               "--no-binary", ":all:", "-q", "-d", tmp], capture_output=True, text=True)

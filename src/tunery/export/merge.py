@@ -5,6 +5,7 @@ from pathlib import Path
 from ..errors import TuneryError
 from ..files import atomic_dir
 from ..models import load_model, resolve_model
+from ..progress import Task
 
 
 def merge_run(run: str | Path, out: str | Path) -> Path:
@@ -18,8 +19,11 @@ def merge_run(run: str | Path, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise TuneryError(f"{out} already exists and is not empty; choose another output folder")
-    model, tokenizer = load_model(resolved, dtype=torch.float32, device="cpu", merge=True)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    with Task("merge", 2, unit="stages", note="merge") as task:
+        model, tokenizer = load_model(resolved, dtype=torch.float32, device="cpu", merge=True)
+        task.advance(note="save")
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        task.advance(note="")
     return out

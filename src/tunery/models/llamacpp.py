@@ -31,7 +31,8 @@ def llama_cpp_module():
     try:
         import llama_cpp
     except ImportError:
-        raise TuneryError(f"GGUF needs llama.cpp's runtime, the optional extra: {EXTRA}") from None
+        raise TuneryError("GGUF needs llama.cpp's runtime, the optional gguf extra",
+                          hint=f"run {EXTRA} (it builds llama.cpp from source: minutes)") from None
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own log: errors only
     return llama_cpp
 

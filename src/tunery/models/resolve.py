@@ -73,9 +73,10 @@ def resolve_model(reference: str) -> ResolvedModel:
         return registered
     raise ModelNotFound(
         f"model {ref!r} not found: looked for a bundled alias ({', '.join(DEFAULT_ALIASES)}), "
-        "a local model folder, a .gguf file, the local Hugging Face cache and the registry "
-        "(ft:... names, `tunery models list`); pass one of those (nothing is downloaded: put the "
-        "model in the HF cache or a folder first)"
+        "a local model folder, a .gguf file, the local Hugging Face cache and the registry's ft:... names "
+        "(nothing is downloaded)",
+        hint="run `tunery models list` to see the registered fine-tunes, or put the model in a folder or the "
+             "Hugging Face cache first",
     )
 
 
@@ -96,8 +97,8 @@ def _resolve_run(ref: str, folder: RunFolder) -> ResolvedModel:
     if folder.adapter_dir is not None:
         base = resolve_model(folder.read_config()["model"])
         return ResolvedModel(ref, run.name, base.path, "run", adapter=folder.adapter_dir, run=run)
-    raise ModelNotFound(f"run {run} has no finished weights yet (no adapter/ or model/): "
-                        "resume it with `tunery train --out RUN --resume`")
+    raise ModelNotFound(f"run {run} has no finished weights yet (no adapter/ or model/)",
+                        hint=f"resume it with `tunery train --out {run} --resume`")
 
 
 def resolve_registered(ref: str) -> ResolvedModel | None:

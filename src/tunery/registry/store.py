@@ -155,8 +155,10 @@ def find(conn, ref: str) -> dict | None:
 def get(conn, ref: str) -> dict:
     row = find(conn, ref)
     if row is None:
-        where = "" if conn is not None else f" (there is no registry at {db_path()} yet: train a model first)"
-        raise RegistryError(f"model {ref!r} is not in the registry{where}; `tunery models list` shows what is")
+        if conn is None:
+            raise RegistryError(f"model {ref!r} is not in the registry (there is no registry at {db_path()} yet)",
+                                hint="train a model first: `tunery train --data FILE`")
+        raise RegistryError(f"model {ref!r} is not in the registry", hint="run `tunery models list` to see the names")
     return row
 
 

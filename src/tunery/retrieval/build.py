@@ -17,6 +17,8 @@ Invariants:
   already registered for another folder that still exists is refused before building.
 - A chunk's id is `<key>-<position>`, key = the first 12 hex digits of sha256(source, sha256): the
   same file with the same bytes always gets the same ids.
+
+Progress (progress.py): documents chunked, then chunks embedded, EMBED_BATCH at a time.
 """
 
 import hashlib
@@ -29,6 +31,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ConfigError, DataError
 from ..files import atomic_dir, file_digest, now
+from ..progress import Task
 from .chunking import chunk_text
 from .documents import find_files, read_texts
 from .embedders import check_name, get_embedder
@@ -37,6 +40,7 @@ from .store import SqliteStore
 
 FORMAT = 1  # of the folder; a build refuses to update another
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+EMBED_BATCH = 2048  # chunks embedded per call: a multiple of wordllama's own batch (256), so its batches stay the same
 
 
 def build_index(sources: list[str | Path], out: str | Path, *, chunk_tokens: int = 200, overlap: int = 30,
@@ -73,9 +77,13 @@ def build_index(sources: list[str | Path], out: str | Path, *, chunk_tokens: int
 
     # Read and chunk every new or changed document, and embed the chunks, before anything is written.
     model = get_embedder(embedder)
-    new_chunks = {s: _chunks(Path(s), digests[s], model, chunk_tokens, overlap) for s in [*added, *updated]}
+    new_chunks = {}
+    with Task("chunk documents", len(added) + len(updated), unit="documents") as task:
+        for s in [*added, *updated]:
+            new_chunks[s] = _chunks(Path(s), digests[s], model, chunk_tokens, overlap)
+            task.advance()
     texts = [c["text"] for s in new_chunks for c in new_chunks[s]]
-    new_vectors = model.embed(texts)
+    new_vectors = _embed(model, texts)
     kept_chunks = old.chunks(keep) if old else []
     kept_vectors = old.vectors([c["row"] for c in kept_chunks]) if kept_chunks else None
     created = old.meta["created"] if old else now()
@@ -104,6 +112,15 @@ def build_index(sources: list[str | Path], out: str | Path, *, chunk_tokens: int
     with atomic_dir(out) as tmp:
         SqliteStore.create(tmp, meta, documents, chunks, vectors)
     return _register(t0, name, out, fp, embedder, counts, len(chunks), len(texts))
+
+
+def _embed(model, texts: list[str]) -> np.ndarray:
+    with Task("embed chunks", len(texts), unit="chunks") as task:
+        parts = []
+        for i in range(0, len(texts), EMBED_BATCH):
+            parts.append(model.embed(texts[i: i + EMBED_BATCH]))
+            task.advance(len(parts[-1]))
+    return np.concatenate(parts) if parts else model.embed([])
 
 
 def _register(t0: float, name: str, out: Path, fp: str, embedder: str, counts: dict, chunks: int, embedded: int) -> dict:

@@ -125,7 +125,7 @@ def _pdf(path: Path) -> str:
         from pypdf import PdfReader
         from pypdf.errors import PdfReadError
     except ImportError:
-        raise DataError(f"{path}: reading .pdf needs pypdf (pip install pypdf)") from None
+        raise DataError(f"{path}: reading .pdf needs pypdf", hint="run `pip install pypdf`") from None
     try:
         reader = PdfReader(path)
         if reader.is_encrypted:

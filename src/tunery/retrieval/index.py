@@ -67,7 +67,7 @@ class Index:
         if not folder.exists():
             folder, name = _registered(str(path)), str(path)
         if not folder.is_dir() or not SqliteStore.is_index(folder):
-            raise NotFound(f"{folder}: not a tunery index (build one with `tunery index build DOCS --out {folder}`)")
+            raise NotFound(f"{folder}: not a tunery index", hint=f"build one with `tunery index build DOCS --out {folder}`")
         return cls(folder.resolve(), SqliteStore.open(folder), name)
 
     @property
@@ -137,7 +137,9 @@ def _registered(name: str) -> Path:
     with connect(create=False) as conn:
         row = get(conn, name) if conn is not None else None
     if row is None:
-        raise NotFound(f"{name}: no such index folder, and no index registered under that name (see `tunery index list`)")
+        raise NotFound(f"{name}: no such index folder, and no index registered under that name",
+                       hint="run `tunery index list` to see the registered names")
     if not Path(row["path"]).is_dir():
-        raise NotFound(f"{name}: the registered index folder {row['path']} is gone; build it again")
+        raise NotFound(f"{name}: the registered index folder {row['path']} is gone",
+                       hint=f"build it again: `tunery index build DOCS --out {row['path']} --name {name}`")
     return Path(row["path"])

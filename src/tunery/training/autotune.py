@@ -8,7 +8,8 @@ backward both ways, alternately; sharing stays unless it is clearly slower. The
 result is recorded in the resolved config (config.yaml), so a resumed run keeps it and never
 measures again. Nothing is measured where it cannot matter or cannot be timed reliably: a shared
 prefix under MIN_PREFIX tokens, several processes, preference pairs, a pass too short to time
-(under MIN_SECONDS, e.g. the tests' tiny models): sharing stays on there. Three passes (shared,
+(under MIN_FLOPS, e.g. the tests' tiny models; decided by size, not by a clock, so two runs of
+the same recipe agree): sharing stays on there. Three passes (shared,
 unshared, shared): the first also pays one-time costs (allocations, kernel setup).
 
 The measurement leaves no trace: gradients are cleared and the random state restored, so a run
@@ -17,12 +18,13 @@ that measured trains exactly as one told the answer.
 
 import time
 
-MIN_SECONDS = 0.05  # a forward + backward shorter than this is noise to time; sharing stays
+MIN_FLOPS = 1e10  # a forward pass of fewer FLOPs (2 x parameters x tokens) is too short to time: sharing stays
 MIN_PREFIX = 8  # shared tokens below which sharing cannot matter (a chat template's header)
 SLOWER = 1.05  # sharing is dropped only when measured this much slower
 
 
-def share_prefix(first_batch: list, collate, objective, loss_fn, autocast, params) -> tuple[bool, str | None]:
+def share_prefix(first_batch: list, collate, objective, loss_fn, autocast, params,
+                 parameters: int) -> tuple[bool, str | None]:
     """(share or not, what was measured) for this run, from timing its first micro-batch both ways."""
     import torch
 
@@ -32,6 +34,8 @@ def share_prefix(first_batch: list, collate, objective, loss_fn, autocast, param
     prefix = shared_prefix_length([r.input_ids for r in rows], [r.loss_mask for r in rows]) if len(rows) > 1 else 0
     if prefix < MIN_PREFIX:
         return True, None  # a template's few header tokens at most: nothing worth timing
+    if 2 * parameters * sum(len(r.input_ids) for r in rows) < MIN_FLOPS:
+        return True, None  # milliseconds: timing would measure noise (decided by size, so runs agree)
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     batches = {way: collate(rows, share_prefix=way, sequences=objective.sequences) for way in (False, True)}
@@ -45,8 +49,6 @@ def share_prefix(first_batch: list, collate, objective, loss_fn, autocast, param
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             best[way] = min(best[way], time.perf_counter() - t0)
-            if best[way] < MIN_SECONDS:
-                return True, None  # too short to time, and to matter
     finally:
         for p in params:
             p.grad = None

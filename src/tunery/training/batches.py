@@ -110,7 +110,7 @@ def _packed(batch: list[Example], device, share_prefix: bool) -> dict:
     def as_tensor(values):
         return to_device(torch.tensor(values, dtype=torch.long), device)
 
-    layout = PackedLayout(len(batch), width, as_tensor(gather), as_tensor(scatter))
+    layout = PackedLayout(len(batch), width, as_tensor(gather), as_tensor(scatter), prefix)
     return {"input_ids": as_tensor([tokens]), "position_ids": as_tensor([positions]), "layout": layout,
             "target_at": as_tensor(target_at), "targets": as_tensor(targets)}
 

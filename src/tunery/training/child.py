@@ -15,7 +15,8 @@ import traceback
 from pathlib import Path
 
 from ..config import TrainConfig
-from .control import Channel, TrainingStopped
+from ..progress import Silent, listening
+from .control import Channel, ToLauncher, TrainingStopped
 from .launch import LAUNCHER_ENV
 from .loop import train
 
@@ -26,8 +27,9 @@ def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     main_process = os.environ.get("RANK", "0") == "0"
     try:
-        train(TrainConfig(**spec["config"]), progress=spec["progress"],
-              on_step=channel.on_step if channel else None)  # the loop calls it on rank 0 only
+        with listening(ToLauncher(channel) if main_process and channel else Silent()):  # the launcher speaks
+            train(TrainConfig(**spec["config"]), progress=spec["progress"],
+                  on_step=channel.on_step if channel else None)  # the loop calls it on rank 0 only
     except TrainingStopped as stop:
         if main_process and channel:
             channel.report({"stopped": stop.signal.value, "step": stop.step})

@@ -7,7 +7,8 @@ folder (`Channel`): rank 0 appends each step's row to `progress.jsonl` and reads
 the launcher writes when the caller's `on_step` asks to pause or cancel; at the end rank 0 writes
 `outcome.json` (done, stopped at a step, or the one-line error), which the launcher turns back into
 what `train` returns or raises. A signal reaches the run one step late there: the launcher learns
-of a step only once it is done.
+of a step only once it is done. Rank 0's progress and status lines (progress.py) travel the same
+file (`ToLauncher`), so the launcher's terminal is the run's one voice.
 """
 
 import enum
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import TuneryError
+from ..progress import Listener, Task
 
 
 class Signal(enum.Enum):
@@ -38,6 +40,12 @@ class TrainingStopped(Exception):
 
 OnStep = Callable[[dict], "Signal | None"]
 
+
+def step_note(row: dict) -> str:
+    """What the training bar shows beside a step: its loss, validation loss and speed."""
+    val = f" val {row['val_loss']:.4f}" if "val_loss" in row else ""
+    return f"loss {row['loss']:.4f}{val} {row['tokens_per_s']:.0f} tok/s"
+
 CHANNEL_ENV = "TUNERY_CHANNEL"  # set by the launcher in the environment of the processes it starts
 
 
@@ -55,9 +63,12 @@ class Channel:
         return cls(path) if path else None
 
     # -- rank 0's side -------------------------------------------------------------------------
-    def on_step(self, row: dict) -> Signal | None:
+    def post(self, row: dict) -> None:
         with open(self.progress, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+    def on_step(self, row: dict) -> Signal | None:
+        self.post(row)
         try:
             return Signal(self.control.read_text().strip())
         except (OSError, ValueError):
@@ -93,11 +104,62 @@ class Channel:
             return None
 
 
+class ToLauncher(Listener):
+    """Rank 0's progress and status lines, posted to the launcher (which shows them: `Mirror`)."""
+
+    def __init__(self, channel: Channel):
+        self.channel, self.ids, self.opened = channel, {}, 0
+
+    def update(self, task: Task) -> None:
+        if task not in self.ids:
+            self.ids[task], self.opened = self.opened, self.opened + 1
+        key = self.ids[task]
+        self.channel.post({"task": key, "what": task.what, "done": task.done, "total": task.total, "unit": task.unit,
+                           "note": task.note})
+
+    def end(self, task: Task) -> None:
+        if task in self.ids:
+            self.channel.post({"task": self.ids.pop(task), "end": True})
+
+    def say(self, message: str) -> None:
+        self.channel.post({"say": message})
+
+
+class Mirror:
+    """The launcher's side of ToLauncher: the posted tasks and lines, reported here (in the
+    launcher's own context, so to its listener). `take(row)` is False for a step row."""
+
+    def __init__(self):
+        self.tasks: dict[int, Task] = {}
+
+    def take(self, row: dict) -> bool:
+        if "say" in row:
+            from ..progress import say
+
+            say(row["say"])
+        elif "task" not in row:
+            return False
+        elif row.get("end"):
+            task = self.tasks.pop(row["task"], None)
+            if task:
+                task.close()
+        elif row["task"] in self.tasks:
+            self.tasks[row["task"]].update(row["done"], total=row["total"], note=row["note"], unit=row["unit"])
+        else:
+            self.tasks[row["task"]] = Task(row["what"], row["total"], done=row["done"], unit=row["unit"], note=row["note"])
+        return True
+
+    def close(self) -> None:
+        for task in self.tasks.values():
+            task.close()
+        self.tasks = {}
+
+
 def error_report(exc: BaseException) -> dict:
     """An error as plain data, to pass to another process."""
     if isinstance(exc, TuneryError):
-        return {"kind": type(exc).__name__, "message": str(exc), "field": exc.field}
-    return {"kind": "TuneryError", "message": f"{type(exc).__name__}: {exc}", "field": None}
+        return {"kind": type(exc).__name__, "message": str(exc), "field": exc.field, "hint": exc.hint}
+    return {"kind": "TuneryError", "message": f"{type(exc).__name__}: {exc}", "field": None, "hint": None}
 
 
 def error_from(report: dict) -> TuneryError:
@@ -106,4 +168,4 @@ def error_from(report: dict) -> TuneryError:
 
     kind = getattr(errors, report["kind"], None)
     kind = kind if isinstance(kind, type) and issubclass(kind, TuneryError) else TuneryError
-    return kind(report["message"], field=report["field"])
+    return kind(report["message"], field=report["field"], hint=report.get("hint"))

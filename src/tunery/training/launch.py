@@ -12,6 +12,7 @@ processes are the run's, whatever --nproc says; so is a run on several machines.
 """
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import TuneryError
 from ..run_folder import RunFolder
-from .control import CHANNEL_ENV, Channel, OnStep, Signal, TrainingStopped, error_from
+from .control import CHANNEL_ENV, Channel, Mirror, OnStep, Signal, TrainingStopped, error_from
 
 LAUNCHER_ENV = "TUNERY_LAUNCHER_PID"  # the children die when this process does
 POLL_S = 0.05
@@ -73,23 +74,23 @@ def run(cfg: TrainConfig, progress: bool, on_step: OnStep | None) -> RunFolder:
 
 
 class _Relay:
-    """Hands rank 0's progress rows to the caller's `on_step` and its signals back, in a thread."""
+    """Hands rank 0's step rows to the caller's `on_step` and its signals back, and its progress
+    and status lines to this process's listener, in a thread (in the caller's context)."""
 
     def __init__(self, channel: Channel, on_step: OnStep | None):
-        self.channel, self.on_step = channel, on_step
+        self.channel, self.on_step, self.mirror = channel, on_step, Mirror()
         self.seen, self.error = 0, None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,), daemon=True)
 
     def start(self) -> None:
-        if self.on_step:
-            self._thread.start()
+        self._thread.start()
 
     def stop(self) -> None:
-        if self.on_step:
-            self._done.set()
-            self._thread.join()
-            self._deliver()  # the last rows, after the processes ended: their signals come too late
+        self._done.set()
+        self._thread.join()
+        self._deliver()  # the last rows, after the processes ended: their signals come too late
+        self.mirror.close()
 
     def _run(self) -> None:
         while not self._done.wait(POLL_S):
@@ -101,7 +102,7 @@ class _Relay:
         asked = None
         for row in self.channel.rows(self.seen):
             self.seen += 1
-            if self.error is not None:
+            if self.mirror.take(row) or not self.on_step or self.error is not None:
                 continue
             try:
                 signal = self.on_step(row)

@@ -15,7 +15,8 @@ trained tokens across all of them, and rank 0 alone records and writes (distribu
 
 A caller may watch and steer the run through `on_step(row) -> Signal | None`, called after each
 optimizer step: Signal.PAUSE checkpoints that step and stops, Signal.CANCEL stops; both raise
-TrainingStopped, which the registry records as an interruption, not a failure.
+TrainingStopped, which the registry records as an interruption, not a failure. Progress (a "train"
+task in steps, the loss as its note) and status lines go to whoever listens (progress.py).
 """
 
 import functools
@@ -33,6 +34,7 @@ from ..errors import ConfigError, TuneryError
 from ..files import now
 from ..models import load_tokenizer, resolve_model
 from ..models.hardware import keep_freed_memory
+from ..progress import Task, say as status
 from ..registry import recorder as registry
 from ..run_folder import BaseRecord, DataRecord, FinalRecord, RunFolder, RunInfo
 from . import attention, autotune, launch
@@ -40,7 +42,7 @@ from . import checkpoint as ckpt
 from .batches import collate, step_groups
 from .card import write_model_card
 from .checkpoint import TrainState
-from .control import OnStep, Signal, TrainingStopped
+from .control import OnStep, Signal, TrainingStopped, step_note
 from .distributed import World, full, shard_model
 from .generate_eval import generation_score
 from .loss import TokenLoss
@@ -175,7 +177,8 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
                 state = ckpt.load_checkpoint(resume_from, model, optimizer, scheduler, rank=world.rank)
 
     # Same math, not the same speed everywhere: measured once on this run's first micro-batch, then recorded.
-    share, why = _share_prefix(cfg, folder, world, packed, train_set, objective, token_loss, autocast, params, tokenizer)
+    share, why = _share_prefix(cfg, folder, world, packed, train_set, objective, token_loss, autocast, params, total,
+                               tokenizer)
     run_cfg = run_cfg.model_copy(update={"share_prefix": share})
     resolved["share_prefix"] = share
     if why:
@@ -200,7 +203,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
 
     processes = f", {world.size} processes ({run_cfg.strategy})" if world.size > 1 else ""
     what = f"{cfg.objective} pairs" if cfg.preference else "examples"
-    say(f"[bold]train[/] {cfg.method} on {base.name}: {len(train_set)} train / {len(val_set)} val {what}, "
+    say(f"train {cfg.method} on {base.name}: {len(train_set)} train / {len(val_set)} val {what}, "
         f"{run_cfg.epochs} epochs, {total_steps} steps, lr {run_cfg.lr:g}, "
         f"batch {cfg.batch_size}x{cfg.grad_accum}, trainable {trainable:,} of {total:,} params, {device} "
         f"{str(dtype).replace('torch.', '')}{processes} → {folder.path}")
@@ -215,7 +218,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     stop_ids = stop_token_ids(tokenizer, template)
     select_by = "val_loss" if cfg.best_by == "val_loss" else metric_key  # the metrics row key checkpoints are chosen by
     eval_every, save_every = run_cfg.eval_every, run_cfg.save_every
-    bar = _progress(progress and world.main, total_steps, state.step)
+    bar = Task("train", total_steps, done=state.step, unit="steps") if world.main else None
     started = time.perf_counter()
     stop = False
     try:
@@ -294,7 +297,8 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
                         ckpt.prune_checkpoints(folder, cfg.keep_checkpoints, {state.best_step} - {None})
                 if signal is not None:
                     raise TrainingStopped(signal, step)
-                bar.update(row)
+                if bar:
+                    bar.update(step, note=step_note(row))
                 if last or stop:
                     break
     except torch.OutOfMemoryError:
@@ -302,7 +306,8 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
                           "lower --batch-size (raise --grad-accum to keep the effective batch) or --max-length, "
                           "or use --method lora / qlora") from None
     finally:
-        bar.close()
+        if bar:
+            bar.close()
         if metrics:
             metrics.close()
     step = state.step
@@ -333,7 +338,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
     folder.write_info(info)
     registry.finished(info)
     write_model_card(folder, info, resolved)
-    say(f"[green]done[/]: {info.name} in {folder.path} (val_loss {final.val_loss}, shipped step {shipped})")
+    say(f"done: {info.name} in {folder.path} (val_loss {final.val_loss}, shipped step {shipped})")
     return Run(folder.path, resolved, info, rows)
 
 
@@ -393,7 +398,7 @@ def evaluate(loss_fn, examples, batch_size, batch_of, autocast, world: World | N
 
 
 def _share_prefix(cfg: TrainConfig, folder: RunFolder, world: World, packed: bool, train_set, objective, token_loss,
-                  autocast, params, tokenizer) -> tuple[bool, str | None]:
+                  autocast, params, parameters: int, tokenizer) -> tuple[bool, str | None]:
     """share_prefix as given; auto: as the resumed run recorded it, else measured (autotune.py)."""
     if cfg.share_prefix != "auto":
         return cfg.share_prefix, None
@@ -406,7 +411,7 @@ def _share_prefix(cfg: TrainConfig, folder: RunFolder, world: World, packed: boo
         return True, None
     first = next(iter(step_groups(train_set, cfg.seed, 0, cfg.batch_size, cfg.grad_accum, cfg.group_by_length)))[0]
     rows = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=world.accelerator.device, packed=True)
-    return autotune.share_prefix(first, rows, objective, token_loss, autocast, params)
+    return autotune.share_prefix(first, rows, objective, token_loss, autocast, params, parameters)
 
 
 def load_data(cfg: TrainConfig, tokenizer, warn=None) -> tuple[Sequence, Sequence, DataRecord, DataRecord | None]:
@@ -507,9 +512,7 @@ def _schedule(kind: str, warmup: int, total: int):
 
 
 def _warner(say):
-    from rich.markup import escape
-
-    return lambda msg: say(f"[yellow]warning[/] {escape(msg)}")
+    return lambda msg: say(f"warning: {msg}")
 
 
 def _first(problems: list[str]) -> str:
@@ -518,31 +521,4 @@ def _first(problems: list[str]) -> str:
 
 
 def _printer(enabled: bool):
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False)
-    return (lambda msg: console.print(msg)) if enabled else (lambda msg: None)
-
-
-class _progress:
-    """A rich progress bar with loss, tokens/s and ETA; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.p = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                          TimeRemainingColumn(), console=__import__("rich.console").console.Console(stderr=True))
-        self.task = self.p.add_task("train", total=total, completed=done, info="")
-        self.p.start()
-
-    def update(self, row: dict) -> None:
-        if self.p:
-            val = f" val {row['val_loss']:.4f}" if "val_loss" in row else ""
-            self.p.update(self.task, advance=1, info=f"loss {row['loss']:.4f}{val} {row['tokens_per_s']:.0f} tok/s")
-
-    def close(self) -> None:
-        if self.p:
-            self.p.stop()
+    return status if enabled else (lambda msg: None)

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from ..config import PREFERENCE_STATS, TrainConfig
 from ..errors import TuneryError
+from ..progress import Task
 
 __all__ = ["PREFERENCE_STATS", "Preference", "SFT", "objective_for", "sequence_logprobs"]
 
@@ -113,8 +114,10 @@ class Preference:
         if resume:
             self.reference = _read_reference(path, lines)
             return
-        self.reference = {split: sequence_logprobs(loss_fn, pairs, batch_of, autocast, batch_size, world)
-                          for split, pairs in sets.items()}
+        self.reference = {}
+        for split, pairs in sets.items():
+            with Task(f"reference {split}", len(pairs), unit="pairs") as task:
+                self.reference[split] = sequence_logprobs(loss_fn, pairs, batch_of, autocast, batch_size, world, task)
         if world.main:
             from safetensors.torch import save
 
@@ -125,9 +128,10 @@ class Preference:
             write_bytes_atomic(path, save(tensors))
 
 
-def sequence_logprobs(loss_fn, pairs, batch_of, autocast, batch_size: int, world) -> torch.Tensor:
+def sequence_logprobs(loss_fn, pairs, batch_of, autocast, batch_size: int, world, task=None) -> torch.Tensor:
     """(pairs, 2) float64: each pair's summed log-probability of its chosen and rejected answer,
-    without gradients (each process computes its share; the sums are the world's)."""
+    without gradients (each process computes its share; the sums are the world's). `task`
+    (progress.Task) counts the pairs done."""
     was_training = loss_fn.training
     loss_fn.eval()
     out = torch.zeros(len(pairs), 2, dtype=torch.float64)
@@ -141,6 +145,8 @@ def sequence_logprobs(loss_fn, pairs, batch_of, autocast, batch_size: int, world
                 logp, _ = loss_fn(**batch_of(rows, sequences=True))
             for k, p in enumerate(mine):
                 out[p.index] = logp[2 * k: 2 * k + 2].double().cpu()
+            if task:
+                task.advance(len(whole))
     if world.size > 1:
         out = torch.tensor(world.sum(*out.flatten().tolist()), dtype=torch.float64).view(-1, 2)
     if was_training:

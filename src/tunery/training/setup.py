@@ -43,7 +43,7 @@ def check_method_supported(cfg: TrainConfig) -> None:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise ConfigError("method: qlora needs bitsandbytes: pip install bitsandbytes") from None
+            raise ConfigError("method: qlora needs bitsandbytes", field="method", hint="run `pip install bitsandbytes`") from None
 
 
 def build_model(cfg: TrainConfig, base: ResolvedModel):

@@ -389,7 +389,9 @@ PAGES.data = () => {
 
 PAGES.models = () => {
   every(5000, async () => {
-    const models = await api("GET", "/v1/tunery/models");
+    const [models, served] = await Promise.all([api("GET", "/v1/tunery/models"), api("GET", "/v1/models")]);
+    const tuned = new Set(models.data.map((m) => m.name));
+    $("bases").replaceChildren(...served.data.filter((m) => !tuned.has(m.id)).map((m) => el("li", {}, el("code", {text: m.id}))));
     $("models-empty").hidden = models.data.length > 0;
     $("models").tBodies[0].replaceChildren(...models.data.map((m) => el("tr", {"data-model": m.name},
       el("td", {}, el("a", {href: "/models/" + encodeURIComponent(m.name), text: m.name})),
