@@ -59,9 +59,10 @@ class ChatRequest:
     constraint: object = None  # a forced call's grammar (constrain.Constraint)
 
     def batch_key(self):
-        """Requests that can share one generate call: same model, same greedy/sampling settings."""
-        if self.stream is not None or self.seed is not None or self.constraint is not None:
-            return None  # streamed, seeded and constrained requests run alone
+        """Requests that can share one generate call: same model, same greedy/sampling settings
+        (each row keeps its own grammar, if any)."""
+        if self.stream is not None or self.seed is not None:
+            return None  # streamed and seeded requests run alone
         return (self.model, self.temperature, self.top_p, tuple(self.stop or ()))
 
     def cancel(self) -> None:
@@ -231,9 +232,12 @@ class Engine:
         turn = Turn()
         streamer = _QueueStreamer(r0.stream) if r0.stream is not None else None
         budget = max(r.max_tokens - len(r.done_ids) for r in batch)
+        for r in batch:
+            if r.constraint is not None:
+                r.constraint.feed(r.done_ids)  # an answer resumed after a preemption: its grammar catches up
         kw = dict(max_new_tokens=budget, temperature=r0.temperature, top_p=r0.top_p, stop=r0.stop,
                   streamer=streamer, stopping_criteria=StoppingCriteriaList([turn]),
-                  logits_processor=[r0.constraint.processor(len(r0.prompt_ids))] if r0.constraint else None)
+                  constraints=[r.constraint for r in batch])
         prompts = [r.prompt_ids + r.done_ids for r in batch]
         if resolved.adapter is None and hasattr(base.model, "disable_adapter"):
             with base.model.disable_adapter():
@@ -250,6 +254,10 @@ class Engine:
                 if req.seed is not None:
                     req.rng_state = torch.get_rng_state()
                 requeue.append(req)
+                results.append(None)
+            elif req.constraint is not None and req.constraint.error:
+                req.finish(error=ConfigError(f"{req.constraint.field}: the grammar reached a limit while generating "
+                                             f"({req.constraint.error[:200]})", req.constraint.field))
                 results.append(None)
             else:
                 results.append(_final(req, ids, g, p.tokenizer))
