@@ -1,6 +1,7 @@
 """Structured outputs: answers held to a format (a JSON schema, any JSON object, a regex, a closed list of
 choices) token by token on an untrained model, each row of a batch with its own grammar; the recipe's
-recorded constraint."""
+recorded constraint; choices scored by log-probability; the command line's flags and one-line errors; the
+recipe's constraint applied by eval and compare."""
 
 import json
 import re
@@ -8,6 +9,8 @@ import re
 import jsonschema
 import pytest
 
+from clirun import one_line_error, tunery_cli
+from conftest import write_jsonl
 from tunery.config import AnswerFormat, load_train_config
 from tunery.constrain import Constraint, check_format
 from tunery.errors import ConfigError
@@ -129,7 +132,6 @@ def test_the_recipe_records_a_constraint_in_every_written_form(tmp_path):
 
 def test_training_evaluates_generation_under_its_constraint(tiny_model, tmp_path):
     """--eval-generate-every generates under the recipe's constraint: `valid` is 1 even untrained."""
-    from conftest import write_jsonl
     from tunery.training import train
 
     rows = [{"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": "yes"}]}
@@ -143,3 +145,117 @@ def test_training_evaluates_generation_under_its_constraint(tiny_model, tmp_path
         train(dict(kw, out=str(tmp_path / "b"), constraint="regex:a(b"), progress=False)
     run = train(dict(kw, out=str(tmp_path / "c"), constraint="choices:yes,no"), progress=False)
     assert [r["eval_valid"] for r in run.metrics if "eval_valid" in r] == [1.0]
+
+
+# -- the command line ------------------------------------------------------------------------------
+INTENTS = ["check_balance", "card_lost", "card_lost_abroad", "transfer", "pin_blocked", "close_account"]
+
+
+@pytest.fixture(scope="module")
+def labelled(tiny_model, tmp_path_factory):
+    """A fine-tune whose recipe records the labels as its constraint (trained a few steps: its answers
+    are not yet labels by themselves)."""
+    from tunery.training import train
+
+    folder = tmp_path_factory.mktemp("structured")
+    rows = [{"messages": [{"role": "user", "content": f"request {i}"},
+                          {"role": "assistant", "content": INTENTS[i % len(INTENTS)]}]} for i in range(40)]
+    train_file = write_jsonl(folder / "train.jsonl", rows[:32])
+    test_file = write_jsonl(folder / "test.jsonl", rows[32:])
+    labels = folder / "labels.txt"
+    labels.write_text("\n".join(INTENTS) + "\n")
+    run = train(dict(model=str(tiny_model), data=str(train_file), out=str(folder / "run"), method="lora",
+                     max_steps=2, batch_size=8, val_split=0, constraint=f"choices:{labels}"), progress=False)
+    return run, train_file, test_file, labels
+
+
+def _cli(tmp_path, *args):
+    out = tunery_cli(*args, home=tmp_path / "home")
+    return out
+
+
+def test_a_recipe_constraint_is_recorded_and_evaluated_with_by_default(labelled, tmp_path):
+    import yaml
+
+    run, _, test_file, _ = labelled
+    assert yaml.safe_load((run.dir / "config.yaml").read_text())["constraint"] == {"choices": INTENTS}
+    out = _cli(tmp_path, "eval", run.dir, "--data", test_file, "--max-new-tokens", "12", "--json")
+    assert out.returncode == 0, out.stderr
+    held = json.loads(out.stdout)
+    assert held["decoding"] == "constrained" and held["metrics"]["valid"] == 1.0
+    assert all(e["prediction"] in INTENTS for e in held["examples"])
+    out = _cli(tmp_path, "eval", run.dir, "--data", test_file, "--max-new-tokens", "12", "--no-constrain", "--json")
+    free = json.loads(out.stdout)
+    assert free["decoding"] == "free" and free["metrics"]["valid"] < 1.0  # scored against the format all the same
+    out = _cli(tmp_path, "generate", run.dir, "--prompt", "request 3", "--max-new-tokens", "12")
+    assert out.returncode == 0 and out.stdout.strip() in INTENTS, out
+
+
+def test_choices_are_scored_by_log_probability(labelled, tmp_path):
+    """--score ranks every label by its log-probability (the label and its end-of-turn marker), one
+    forward pass per example: the answer is the most likely label, and the ranking gives top-3."""
+    from tunery.evaluate.choices import ranked, score_choices
+    from tunery.generation import Generator
+
+    run, _, test_file, labels = labelled
+    out = _cli(tmp_path, "eval", run.dir, "--data", test_file, "--choices", labels, "--score", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["decoding"] == "scored" and {"choice_accuracy", "choice_top3", "valid"} <= result["metrics"].keys()
+    assert result["metrics"]["choice_top3"] >= result["metrics"]["choice_accuracy"]
+    assert all(e["prediction"] == e["top"][0][0] and len(e["top"]) == 3 for e in result["examples"])
+    # The scores are the summed log-probabilities of each label's answer tokens, computed by hand here.
+    import torch
+
+    gen = Generator(str(run.dir))
+    prompt = [{"role": "user", "content": "request 5"}]
+    scores = score_choices(gen, [prompt], INTENTS)[0]
+    for label, score in zip(INTENTS, scores):
+        ids = gen.prompt_ids(prompt)
+        answer = gen.tokenizer(label + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = gen.model(torch.tensor([ids + answer])).logits[0].float().log_softmax(-1)
+        by_hand = sum(logits[len(ids) - 1 + k, t].item() for k, t in enumerate(answer))
+        assert score == pytest.approx(by_hand, abs=1e-3)
+    assert ranked(scores, INTENTS)[0][0] == INTENTS[max(range(len(INTENTS)), key=scores.__getitem__)]
+
+
+def test_compare_runs_each_contestant_with_and_without_the_constraint(labelled, tmp_path):
+    run, train_file, test_file, _ = labelled
+    out = _cli(tmp_path, "compare", "--base", run.config["model"], "--tuned", run.dir, "--data", test_file,
+               "--few-shot", "1", "--metrics", "exact", "--max-new-tokens", "12", "--json",
+               "--report-dir", tmp_path / "report")
+    assert out.returncode == 0, out.stderr
+    cs = json.loads(out.stdout)["contestants"]
+    assert set(cs) == {f"{n}{s}" for n in ("base", "prompt_only", "tuned") for s in ("", "_constrained")}
+    for name, c in cs.items():
+        assert c["decoding"] == ("constrained" if name.endswith("_constrained") else "free")
+        if name.endswith("_constrained"):
+            assert c["metrics"]["valid"] == 1.0
+    assert "tuned_constrained" in (tmp_path / "report" / "report.html").read_text()
+    out = _cli(tmp_path, "compare", "--base", run.config["model"], "--tuned", run.dir, "--data", test_file,
+               "--few-shot", "0", "--max-new-tokens", "4", "--no-constrain", "--json", "--report-dir", tmp_path / "r2")
+    assert set(json.loads(out.stdout)["contestants"]) == {"base", "prompt_only", "tuned"}
+
+
+def test_bad_formats_on_the_command_line_are_one_line_errors(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "t.jsonl", [{"messages": [{"role": "user", "content": "q"},
+                                                            {"role": "assistant", "content": "a"}]}])
+    (tmp_path / "bad.json").write_text('{"type": "object",\n  oops}')
+    (tmp_path / "empty.txt").write_text("\n \n")
+    cases = [(["--schema", tmp_path / "missing.json"], "--schema", "no such file"),
+             (["--schema", tmp_path / "bad.json"], "--schema", "bad.json:2: not JSON"),
+             (["--regex", "a(b"], "--regex", "unclosed group"),
+             (["--choices", tmp_path / "empty.txt"], "--choices", "no choices"),
+             (["--choices", tmp_path / "nope.txt"], "--choices", "no such file"),
+             (["--choices", "a,b", "--regex", "x"], "--regex and --choices", "one format"),
+             (["--score"], "--score", "needs the choices"),
+             (["--regex", "[0-9]+", "--score"], "--score", "closed list")]
+    for flags, field, words in cases:
+        for command in (["eval", tiny_model, "--data", data], ["generate", tiny_model, "--prompt", "q"]):
+            if "--score" in flags and command[0] == "generate":
+                continue
+            line = one_line_error(_cli(tmp_path, *command, *flags))
+            assert line.startswith(f"error: {field}") and words in line, (command[0], line)
+    out = _cli(tmp_path, "generate", tiny_model, "--prompt", "q", "--regex", "[0-9]{3}-(yes|no)", "--max-new-tokens", "20")
+    assert out.returncode == 0 and re.fullmatch("[0-9]{3}-(yes|no)", out.stdout.strip()), out
