@@ -20,11 +20,12 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
+from ..config import AnswerFormat
 from ..data.render import stop_token_ids
 from ..data.template import load_template
 from ..errors import ConfigError, TuneryError
 from ..generation import Generation, generate_batch
-from . import tools
+from . import structured, tools
 from ..models import ResolvedModel, resolve_model
 
 QUANTUM = 16  # tokens a batch generates before it yields to waiting requests
@@ -55,8 +56,11 @@ class ChatRequest:
     prompt_ids: list[int] = field(default_factory=list)
     done_ids: list[int] = field(default_factory=list)
     rng_state: object = None
+    format: AnswerFormat | None = None  # what the answer must be (response_format, or the recipe's constraint)
+    format_given: bool = False  # by the request's response_format (else the recipe's)
+    lenient: bool = False  # schema keywords the grammar does not implement are ignored (strict: false)
     call_format: object = None  # how the model's template writes tool calls (data/tool_calls.py)
-    constraint: object = None  # a forced call's grammar (constrain.Constraint)
+    constraint: object = None  # the answer's grammar: a format or a forced call (constrain.Constraint; GBNF text in llama.cpp)
 
     def batch_key(self):
         """Requests that can share one generate call: same model, same greedy/sampling settings
@@ -129,7 +133,7 @@ class Engine:
         text = tools.render(p.template, req)
         req.prompt_ids = p.tokenizer(text, add_special_tokens=False)["input_ids"]
         check_context(len(req.prompt_ids), req.max_tokens, p.context)
-        req.constraint = tools.constraint(req, p.tokenizer, p.stop_ids)
+        req.constraint = structured.constraint(req, p.tokenizer, p.stop_ids)
         with self._cv:
             if self._closed:
                 raise Cancelled("the server is shutting down")
