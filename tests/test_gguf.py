@@ -317,6 +317,56 @@ def test_llamacpp_engine_cancels_closes_and_evicts(lab, exported, tmp_path):
         engine.submit(ask("a"))
 
 
+def test_llamacpp_engine_holds_answers_to_a_format(lab, home, exported):
+    """response_format through llama.cpp's grammar sampler: JSON schemas and JSON objects parse, choices are
+    choices; a regex has no llama.cpp grammar here (a 400 naming response_format)."""
+    import jsonschema
+
+    from tunery.config import AnswerFormat
+    from tunery.models.llamacpp import GGUFModel
+    from tunery.serve import structured
+
+    name = lab["run"].info.name
+    schema = {"type": "object", "properties": {"color": {"enum": ["red", "blue"]}, "n": {"type": "integer"}},
+              "required": ["color", "n"], "additionalProperties": False}
+    with _client("llamacpp") as client:
+        api = _openai(client)
+        kw = dict(model=name, messages=[{"role": "user", "content": "color 3"}], temperature=0, max_tokens=40)
+        answer = api.chat.completions.create(response_format={"type": "json_schema", "json_schema": {
+            "name": "c", "schema": schema}}, **kw).choices[0]
+        assert answer.finish_reason == "stop"
+        jsonschema.validate(json.loads(answer.message.content), schema)
+        obj = api.chat.completions.create(response_format={"type": "json_object"}, **kw).choices[0]
+        # this model says "the color is blue": held to an object, it runs on inside a key until max_tokens
+        assert obj.message.content.startswith('{"') and (obj.finish_reason == "length" or isinstance(
+            json.loads(obj.message.content), dict))
+        streamed = "".join(c.choices[0].delta.content or "" for c in api.chat.completions.create(
+            stream=True, response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}, **kw)
+            if c.choices)
+        assert streamed == answer.message.content
+        def pattern(p):
+            return client.post("/v1/chat/completions", headers=AUTH, json=kw | {"response_format": {
+                "type": "json_schema", "json_schema": {"name": "c", "schema": {"type": "string", "pattern": p}}}})
+
+        anchored, bare = pattern("^[a-z]{3}$"), pattern("[a-z]+")  # llama.cpp's converter wants anchors
+        assert len(json.loads(anchored.json()["choices"][0]["message"]["content"])) == 3
+        assert _error(bare, 400)["param"] == "response_format.json_schema.schema"
+        assert "llama.cpp cannot express this schema" in _error(bare, 400)["message"]
+    model = GGUFModel(exported)
+    try:
+        labels = ["card_lost", "card_lost_abroad", 'say "hi"', r"ünï\code"]
+        prompt = model.tokenize(model.render([{"role": "user", "content": "color 3"}]))
+        for seed in range(3):
+            out = model.complete(prompt, max_tokens=20, temperature=1.0, seed=seed,
+                                 grammar=structured.gbnf(AnswerFormat(choices=labels)))
+            assert out.text in labels and out.finish_reason == "stop", out
+        assert model.grammar_error("root ::= [unclosed")
+    finally:
+        model.close()
+    with pytest.raises(TuneryError, match="response_format: a regex format needs tunery's own engine"):
+        structured.gbnf(AnswerFormat(regex="[0-9]+"))
+
+
 def test_serve_engines_bench_quick():
     """The bench harness, smoke-run (its speed is never asserted)."""
     import subprocess

@@ -28,16 +28,45 @@ def generate(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 is greedy"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="The answer is JSON matching this JSON Schema file"),
+    regex: Optional[str] = typer.Option(None, "--regex", help="The whole answer matches this regex"),
+    choices: Optional[str] = typer.Option(None, "--choices", help="The answer is one of these: FILE (a line each, or a JSON array) or a,b,c"),
+    constrain: bool = typer.Option(True, "--constrain/--no-constrain", help="Hold the answer to the format (given, or the fine-tune's recorded constraint)"),
     as_json: bool = JSON,
     quiet: bool = QUIET,
 ):
     """Answer one prompt, rendered through the model's chat template."""
+    fmt = _answer_format(model, schema, regex, choices) if constrain else None
     from .generation import Generator
 
+    gen = Generator(model)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    out = Generator(model).chat([messages], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)[0]
+    constraints = None
+    if fmt is not None:
+        from .constrain import Constraint
+
+        constraints = [Constraint.from_format(fmt, gen.tokenizer, gen.stop_ids, "constraint")]
+    out = gen.chat([messages], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                   constraints=constraints)[0]
     emit({"model": model, "text": out.text, "finish_reason": out.finish_reason, "prompt_tokens": out.prompt_tokens,
           "completion_tokens": out.completion_tokens}, as_json, lambda: print(out.text))
+
+
+def _answer_format(model: str, schema: Optional[Path], regex: Optional[str], choices: Optional[str]):
+    """The answer format of --schema/--regex/--choices, else the model's recorded constraint (None
+    if neither), compiled once to check it before any model loads."""
+    from .config import answer_format
+    from .constrain import check_format
+
+    fmt = answer_format(schema=schema, regex=regex, choices=choices)
+    field = "--schema" if schema is not None else "--regex" if regex is not None else "--choices"
+    if fmt is None:
+        from .evaluate.evaluator import recorded_format
+
+        fmt, field = recorded_format(model), "constraint"
+    if fmt is not None:
+        check_format(fmt, field)
+    return fmt
 
 
 @data_app.command("check")
@@ -186,6 +215,11 @@ def _metric_options(schema: Optional[Path], regex: Optional[str]) -> dict:
     return options
 
 
+_CHOICES = typer.Option(None, "--choices", help="Answers are one of these: FILE (a line each, or a JSON array) or a,b,c")
+_CONSTRAIN = typer.Option(True, "--constrain/--no-constrain", help="Generate under the answer format (given, or the "
+                          "fine-tune's recorded constraint); off: it is only scored (metric valid)")
+_SCORE = typer.Option(False, "--score", help="Rank the --choices by log-probability instead of generating "
+                      "(choice_accuracy, choice_top3)")
 _RETRIEVAL = typer.Option(None, "--retrieval", help="An index: each question's retrieved context goes into its prompt")
 _RETRIEVAL_K = typer.Option(3, "--retrieval-k", min=1, max=20, help="Chunks retrieved per question")
 _METRICS_HELP = "Comma-separated: exact, json_valid, json_exact, json_schema, regex, contains, rougeL, chrf, module:function"
@@ -197,8 +231,11 @@ def eval_(
     model: str = typer.Argument(..., help="A run folder or any model reference"),
     data: Path = typer.Option(..., "--data", help="Held-out examples; the final assistant turn is the reference"),
     metrics: str = typer.Option("exact", "--metrics", help=_METRICS_HELP),
-    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema file for json_schema"),
-    regex: Optional[str] = typer.Option(None, "--regex", help="Pattern the whole answer must match, for regex"),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema file: answers are JSON matching it (and json_schema scores it)"),
+    regex: Optional[str] = typer.Option(None, "--regex", help="Pattern the whole answer must match (and regex scores it)"),
+    choices: Optional[str] = _CHOICES,
+    constrain: bool = _CONSTRAIN,
+    score: bool = _SCORE,
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N examples"),
@@ -208,13 +245,14 @@ def eval_(
     quiet: bool = QUIET,
 ):
     """Loss, perplexity and generation metrics of one model on a dataset."""
-    from .evaluate.evaluator import evaluate_model
+    from .evaluate.evaluator import evaluate_model, format_options
     from .metrics import resolve_metrics
     from .registry import recorder
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     resolve_metrics(names)  # unknown metric: an error before loading anything
-    options = _metric_options(schema, regex)
+    fmt = _answer_format(model, schema, regex, choices)  # its one-line errors first
+    options = _metric_options(schema, regex) | format_options(fmt, constrained=constrain, score=score)
     registered = recorder.registered_id(model)  # a registered fine-tune keeps its results
     result = evaluate_model(model, data, names, options=options, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, limit=limit, retrieval=retrieval, retrieval_k=retrieval_k)
@@ -246,8 +284,12 @@ def compare(
     system: Optional[str] = typer.Option(None, "--system", help="System prompt for the prompt-only baseline"),
     train_data: Optional[Path] = typer.Option(None, "--train-data", help="Where few-shot examples come from (default: the run's training file)"),
     metrics: str = typer.Option("exact", "--metrics", help=_METRICS_HELP),
-    schema: Optional[Path] = typer.Option(None, "--schema"),
-    regex: Optional[str] = typer.Option(None, "--regex"),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema file: the answer format (and json_schema's schema)"),
+    regex: Optional[str] = typer.Option(None, "--regex", help="Pattern of the whole answer: the answer format (and regex's)"),
+    choices: Optional[str] = _CHOICES,
+    constrain: bool = typer.Option(True, "--constrain/--no-constrain", help="Under an answer format (given, or the "
+                                   "fine-tune's recorded constraint), run each contestant as is and held to it"),
+    score: bool = _SCORE,
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
@@ -266,9 +308,12 @@ def compare(
     from .registry import recorder
     from .run_folder import RunFolder
 
+    from .evaluate.evaluator import format_options
+
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     resolve_metrics(names)
-    options = _metric_options(schema, regex)
+    fmt = _answer_format(tuned, schema, regex, choices)  # its one-line errors first
+    options = _metric_options(schema, regex) | format_options(fmt, constrained=constrain, score=score)
     registered = recorder.registered_id(tuned)
     result = run_compare(base, tuned, data, metrics=names, few_shot=few_shot, system=system,
                          train_data=str(train_data) if train_data else None, options=options,

@@ -3,12 +3,167 @@
 Each field's description is its help text. Values given as the string "auto" are resolved once,
 by `TrainConfig.resolve`, when the training data has been counted; the resolved config is what
 the loop runs, what config.yaml and the registry record, and what the jobs API reports.
+
+`AnswerFormat` is what every generated answer must be (a JSON schema, any JSON object, a regex, one
+of a closed list of choices): a recipe's `constraint`, which eval, compare and serve apply to the
+fine-tune by default, and what `--schema`, `--regex` and `--choices` give on the command line. A
+schema or choices file is read when the format is built, so the recipe records its content.
 """
 
+import json
 import math
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+
+MAX_CHOICES = 10_000  # choices of one format
+MAX_CHOICE_CHARS = 1_000  # characters of one choice
+MAX_FORMAT_BYTES = 256_000  # a schema (as JSON), a regex, or all choices together
+
+
+class AnswerFormat(BaseModel):
+    """What every answer must be: exactly one of a JSON schema, any JSON object, a regex matching the
+    whole answer, or one of `choices`. Written as {kind: value} (YAML, config.yaml, the registry)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    json_schema: dict | None = None
+    json_object: bool = False
+    regex: Annotated[str, Field(min_length=1, max_length=MAX_FORMAT_BYTES)] | None = None
+    choices: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHOICE_CHARS)]],
+                       Field(min_length=1, max_length=MAX_CHOICES)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("json_schema", "json_object", "regex", "choices") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of json_schema, json_object, regex, choices"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.json_schema is not None and len(json.dumps(self.json_schema)) > MAX_FORMAT_BYTES:
+            raise ValueError(f"the JSON schema is larger than {MAX_FORMAT_BYTES} bytes")
+        if self.choices is not None:
+            if len(set(self.choices)) != len(self.choices):
+                raise ValueError("a choice is given twice")
+            if sum(len(c) for c in self.choices) > MAX_FORMAT_BYTES:
+                raise ValueError(f"the choices are longer than {MAX_FORMAT_BYTES} characters together")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("json_schema", "json_object", "regex", "choices") if getattr(self, k))
+
+    @model_serializer
+    def _as_dict(self) -> dict:
+        return {self.kind: getattr(self, self.kind)}
+
+    def describe(self) -> str:
+        """A short name of the format for tables: json_schema, json_object, regex /.../, choices (N)."""
+        if self.regex is not None:
+            return f"regex /{self.regex[:40]}/"
+        if self.choices is not None:
+            return f"choices ({len(self.choices)})"
+        return self.kind
+
+
+def answer_format(*, schema: str | Path | None = None, regex: str | None = None, choices: str | None = None,
+                  json_object: bool = False) -> AnswerFormat | None:
+    """The format the command line asks for (`--schema FILE`, `--regex P`, `--choices FILE|a,b,c`), or
+    None. Unreadable files, empty choices and bad combinations are one-line ConfigErrors naming the flag."""
+    from .errors import ConfigError, validated
+
+    given = {k: v for k, v in (("--schema", schema), ("--regex", regex), ("--choices", choices)) if v is not None}
+    if json_object:
+        given["--json-object"] = True
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)}: give one format, not {len(given)}", next(iter(given)))
+    if not given:
+        return None
+    if schema is not None:
+        return validated(AnswerFormat, "--schema: ", json_schema=_read_schema(schema, "--schema"))
+    if regex is not None:
+        if not regex:
+            raise ConfigError("--regex: empty pattern", "--regex")
+        return validated(AnswerFormat, "--regex: ", regex=regex)
+    if choices is not None:
+        return validated(AnswerFormat, "--choices: ", choices=_read_choices(choices, "--choices"))
+    return AnswerFormat(json_object=True)
+
+
+def _read_schema(path: str | Path, field: str) -> dict:
+    from .errors import ConfigError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{field} {path}: no such file", field) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{field} {path}: cannot be read ({exc})", field) from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{field} {path}:{exc.lineno}: not JSON ({exc.msg})", field) from None
+    if not isinstance(schema, dict):
+        raise ConfigError(f"{field} {path}: a JSON schema must be an object", field)
+    return schema
+
+
+def _read_choices(value: str, field: str) -> list[str]:
+    """`a,b,c` (a comma makes it a list), else a file: a JSON array of strings (.json) or one choice a
+    line (blank lines skipped). Duplicates are kept once, in order."""
+    from .errors import ConfigError
+
+    if "," in value or not value.strip():
+        items = [c.strip() for c in value.split(",")]
+    else:
+        path = Path(value)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{field} {value}: no such file (a list is written a,b,c)", field) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{field} {value}: cannot be read ({exc})", field) from None
+        if path.suffix == ".json":
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{field} {value}:{exc.lineno}: not JSON ({exc.msg})", field) from None
+            if not isinstance(items, list) or not all(isinstance(c, str) for c in items):
+                raise ConfigError(f"{field} {value}: must be a JSON array of strings", field)
+        else:
+            items = [line.strip() for line in text.splitlines()]
+    items = list(dict.fromkeys(c for c in items if c))
+    if not items:
+        raise ConfigError(f"{field} {value}: no choices", field)
+    return items
+
+
+def _format_of(value) -> AnswerFormat | None:
+    """A recipe's `constraint` as written: an AnswerFormat, {kind: value} (a schema or choices may
+    name a file), or a string: json, schema:FILE, regex:PATTERN, choices:FILE|a,b,c; none/null: off."""
+    if value is None or isinstance(value, AnswerFormat):
+        return value
+    if isinstance(value, str):
+        kind, _, rest = value.partition(":")
+        if value.strip().lower() in ("none", "null", ""):
+            return None
+        if value.strip() == "json":
+            return AnswerFormat(json_object=True)
+        if kind == "schema" and rest:
+            return AnswerFormat(json_schema=_read_schema(rest, "constraint"))
+        if kind == "regex" and rest:
+            return AnswerFormat(regex=rest)
+        if kind == "choices" and rest:
+            return AnswerFormat(choices=_read_choices(rest, "constraint"))
+        raise ValueError("write json, schema:FILE, regex:PATTERN or choices:FILE|a,b,c")
+    if isinstance(value, dict):
+        value = dict(value)
+        if isinstance(value.get("json_schema"), str):
+            value["json_schema"] = _read_schema(value["json_schema"], "constraint.json_schema")
+        if isinstance(value.get("choices"), str):
+            value["choices"] = _read_choices(value["choices"], "constraint.choices")
+        return AnswerFormat(**value)
+    raise ValueError("must be a format: json, schema:FILE, regex:PATTERN, choices:FILE|a,b,c, or a mapping")
 
 
 class DataConfig(BaseModel):
@@ -146,6 +301,9 @@ class TrainConfig(DataConfig):
     data_cache: bool = Field(
         True, description="Keep the encoded data in a memory-mapped cache under TUNERY_HOME, reused while the file, "
         "tokenizer, template and length settings are unchanged (off: encode afresh each run)")
+    constraint: AnswerFormat | None = Field(
+        None, description="The format every answer must have, applied by eval, compare and serve to this fine-tune "
+        "unless asked otherwise: json, schema:FILE, regex:PATTERN or choices:FILE|a,b,c (files are read and recorded)")
 
     def resolve(self, n_examples: int, n_val: int, *, precision: Literal["fp32", "bf16"], format: str,
                 processes: int = 1, parameters: int = 0) -> "TrainConfig":
@@ -187,6 +345,16 @@ class TrainConfig(DataConfig):
     def preference(self) -> bool:
         """Trained on preference pairs (dpo, simpo) rather than answers."""
         return self.objective in PREFERENCE_OBJECTIVES
+
+    @field_validator("constraint", mode="before")
+    @classmethod
+    def _constraint(cls, v):
+        from .errors import ConfigError
+
+        try:
+            return _format_of(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("target_modules", mode="before")
     @classmethod

@@ -1,4 +1,9 @@
-"""Batched generation through the model's chat template, the same template training used."""
+"""Batched generation through the model's chat template, the same template training used.
+
+A batch's rows may each follow their own grammar (`constraints`: one constrain.Constraint, or
+None, per row): at every step each constrained row's state takes the token the row last produced
+and fills its row of a bitmask, and the tokens outside it get -inf before sampling.
+"""
 
 import functools
 from dataclasses import dataclass, field
@@ -19,11 +24,13 @@ class Generation:
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[int], *, max_new_tokens: int,
                    temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
-                   streamer=None, stopping_criteria=None, logits_processor=None) -> list[Generation]:
+                   streamer=None, stopping_criteria=None, logits_processor=None,
+                   constraints: list | None = None) -> list[Generation]:
     """One left-padded batch through `model.generate` (KV cache), cut at end-of-turn or a stop string.
     `stopping_criteria` (transformers StoppingCriteria) may end rows early; such a row reports
-    finish_reason "length" with the tokens it has. `logits_processor`: transformers LogitsProcessors
-    (a constraint's mask, constrain.py)."""
+    finish_reason "length" with the tokens it has. `logits_processor`: more transformers
+    LogitsProcessors. `constraints`: each row's grammar (constrain.Constraint) or None; a row's
+    constraint must have consumed the row's answer so far (a resumed answer's earlier tokens)."""
     import torch
 
     pad = tokenizer.pad_token_id
@@ -36,6 +43,8 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[in
         attention[r, width - len(p):] = 1
     sampling = temperature > 0
     extra = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
+    if constraints is not None and any(c is not None for c in constraints):
+        logits_processor = [row_masks(constraints)] + list(logits_processor or [])
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
@@ -56,6 +65,41 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], stop_ids: list[in
     return results
 
 
+def row_masks(constraints: list):
+    """A transformers LogitsProcessor: row r's logits outside `constraints[r]`'s bitmask become -inf
+    (rows whose constraint is None, or whose answer has ended, are left alone). Made for one
+    generate call: the first call's width is where the answers begin."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class RowMasks(LogitsProcessor):
+        def __init__(self):
+            self.start = None
+            self.seen = [0] * len(constraints)  # answer tokens each row's constraint was given in this call
+
+        def __call__(self, input_ids, scores):
+            if self.start is None:
+                self.start = input_ids.shape[1]
+            words = max([(scores.shape[-1] + 31) // 32] + [c.words for c in constraints if c is not None])
+            bitmask = torch.zeros((len(constraints), words), dtype=torch.int32)
+            rows = []
+            for r, c in enumerate(constraints):
+                if c is None:
+                    continue
+                c.extend(input_ids[r, self.start + self.seen[r]:].tolist())
+                self.seen[r] = input_ids.shape[1] - self.start
+                if c.fill(bitmask[r]):
+                    rows.append(r)
+            if rows:
+                bits = (bitmask[rows].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1  # (R, words, 32)
+                allowed = bits.view(len(rows), -1)[:, : scores.shape[-1]].bool().to(scores.device)
+                index = torch.tensor(rows, device=scores.device)
+                scores[index] = scores[index].masked_fill(~allowed, float("-inf"))
+            return scores
+
+    return RowMasks()
+
+
 class Generator:
     """A loaded model ready to answer chats. Prompts are batched with left padding."""
 
@@ -74,7 +118,9 @@ class Generator:
 
     def chat(self, conversations: list[list[dict]], *, max_new_tokens: int = 256, batch_size: int = 16,
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-             stop: list[str] | None = None) -> list[Generation]:
+             stop: list[str] | None = None, constraints: list | None = None) -> list[Generation]:
+        """Answers to conversations, batched. `constraints`: one constrain.Constraint (or None) per
+        conversation, each used for one answer."""
         import torch
 
         prompts = [self.prompt_ids(msgs) for msgs in conversations]
@@ -86,7 +132,8 @@ class Generator:
         for b in range(0, len(order), batch_size):
             idx = order[b: b + batch_size]
             batch = generate_batch(self.model, self.tokenizer, [prompts[i] for i in idx], self.stop_ids,
-                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
+                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                                   constraints=[constraints[i] for i in idx] if constraints else None)
             for i, g in zip(idx, batch):
                 results[i] = g
         return results  # type: ignore[return-value]

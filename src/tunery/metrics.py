@@ -69,6 +69,40 @@ def regex(pred: str, ref: str, opts: dict) -> float:
     return float(re.fullmatch(pattern, pred.strip(), flags=re.DOTALL) is not None)
 
 
+REGEX_SECONDS = 0.1  # a format's regex against one answer
+
+
+def valid(pred: str, ref: str, opts: dict) -> float:
+    """1 if the answer is in the answer format (`opts["format"]`, an AnswerFormat or its dict): JSON
+    matching the schema, a JSON object, a whole match of the regex, one of the choices; surrounding
+    whitespace is ignored. What constrained generation guarantees, and a program needs to read it."""
+    from .config import AnswerFormat
+
+    fmt = opts.get("format")
+    if fmt is None:
+        raise ConfigError("metric valid needs an answer format: --schema, --regex, --choices or the model's recorded "
+                          "constraint")
+    fmt = fmt if isinstance(fmt, AnswerFormat) else AnswerFormat(**fmt)
+    text = pred.strip()
+    if fmt.choices is not None:
+        return float(text in fmt.choices)
+    if fmt.regex is not None:
+        import regex as re2
+
+        try:
+            return float(re2.fullmatch(fmt.regex, text, timeout=REGEX_SECONDS) is not None)
+        except (TimeoutError, re2.error):
+            return 0.0
+    ok, value = _parse(text)
+    if not ok:
+        return 0.0
+    if fmt.json_object:
+        return float(isinstance(value, dict))
+    import jsonschema
+
+    return float(jsonschema.Draft202012Validator(fmt.json_schema).is_valid(value))
+
+
 def contains(pred: str, ref: str, opts: dict) -> float:
     return float(normalise(ref) in normalise(pred))
 
@@ -89,7 +123,7 @@ def chrf(pred: str, ref: str, opts: dict) -> float:
 
 BUILTIN: dict[str, Metric] = {
     "exact": exact, "json_valid": json_valid, "json_exact": json_exact, "json_schema": json_schema,
-    "regex": regex, "contains": contains, "rougeL": rouge_l, "chrf": chrf,
+    "regex": regex, "contains": contains, "rougeL": rouge_l, "chrf": chrf, "valid": valid,
 }
 
 

@@ -4,6 +4,8 @@ The prompt-only baseline is what a user would try first: the base model with a s
 and K few-shot examples from the training data. The fine-tune gets the plain prompt. With an
 index, two more: `base_rag` (the base with the system prompt and each question's retrieved
 context) and `tuned_rag` (the fine-tune with the same context), in the layout training uses.
+Under an answer format with constrained generation (options from evaluator.format_options),
+every contestant runs twice: as is, and as `<name>_constrained`, its answers held to the format.
 """
 
 from pathlib import Path
@@ -30,22 +32,29 @@ def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_
         raise TuneryError("few-shot examples come from the training data: pass --train-data FILE")
     shots = few_shot_messages(train_data, few_shot, seed, exclude=cases) if few_shot else []
     cfg = data_config or DataConfig(model=base)
-    kw = dict(metrics=metrics, options=options, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    options = dict(options or {})
+    both = bool(options.get("constrained"))  # each contestant as is, and held to the format
+    kw = dict(metrics=metrics, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    contestants = {}
+
+    def run(name: str, gen, **more):
+        contestants[name] = evaluate(gen, cases, options=options | {"constrained": False}, label=f"generate {name}",
+                                     **kw, **more)
+        if both:
+            more.pop("loss", None)  # the same model: its loss is the free run's
+            contestants[f"{name}_constrained"] = evaluate(gen, cases, options=options, label=f"generate {name}_constrained",
+                                                          **kw, **more)
 
     base_gen = Generator(base)
-    base_loss = dataset_loss(base_gen, data, cfg.model_copy(update={"model": base}))
-    contestants = {
-        "base": evaluate(base_gen, cases, loss=base_loss, label="generate base", **kw),
-        "prompt_only": evaluate(base_gen, cases, system=system, shots=shots, label="generate prompt_only", **kw),
-    }
+    run("base", base_gen, loss=dataset_loss(base_gen, data, cfg.model_copy(update={"model": base})))
+    run("prompt_only", base_gen, system=system, shots=shots)
     if found:
-        contestants["base_rag"] = evaluate(base_gen, cases, system=system, retrieved=found["hits"],
-                                           label="generate base_rag", **kw)
+        run("base_rag", base_gen, system=system, retrieved=found["hits"])
     del base_gen
     tuned_gen = Generator(tuned)
-    contestants["tuned"] = evaluate(tuned_gen, cases, loss=dataset_loss(tuned_gen, data, cfg), label="generate tuned", **kw)
+    run("tuned", tuned_gen, loss=dataset_loss(tuned_gen, data, cfg))
     if found:
-        contestants["tuned_rag"] = evaluate(tuned_gen, cases, retrieved=found["hits"], label="generate tuned_rag", **kw)
+        run("tuned_rag", tuned_gen, retrieved=found["hits"])
     training = None
     if tuned_ref.run is not None:
         final = RunFolder(tuned_ref.run).read_info().final
@@ -58,7 +67,7 @@ def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_
     }
 
 
-TUNED = ("tuned", "tuned_rag")  # contestants that needed a fine-tune; the others did not
+TUNED = ("tuned", "tuned_rag", "tuned_constrained", "tuned_rag_constrained")  # needed a fine-tune; the others did not
 SAME = 0.01  # quality within this (absolute, on the verdict's metric) counts as the same
 
 

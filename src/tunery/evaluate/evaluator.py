@@ -4,7 +4,14 @@ metrics on each example's final assistant turn (batched, greedy, stopping at end
 On a preference file the final turn is each pair's chosen answer, and two more metrics compare
 the pair's answers by the model's summed log-probability, as DPO training scores them:
 pref_accuracy (the share of pairs whose chosen answer is the more likely) and pref_margin (the
-mean of log p(chosen) - log p(rejected), in nats)."""
+mean of log p(chosen) - log p(rejected), in nats).
+
+An answer format (`options["format"]`, an AnswerFormat as a dict) adds the metric `valid` (the
+share of answers in the format); `options["constrained"]` generates under it (constrain.py), each
+answer with its own grammar state in the batch; `options["score"]` (a format of choices) scores
+every choice by its log-probability instead of generating (choices.py): the most likely is the
+answer, and choice_accuracy and choice_top3 are reported. The options are recorded with an
+evaluation, so reeval and retrain run it the same way."""
 
 import math
 import random
@@ -12,11 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DataConfig
+from ..config import AnswerFormat, DataConfig
 from ..data.dataset import check_hint, scan_file
 from ..data.doctor import make_renderer
 from ..data.formats import normalise, rows_with_format
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..metrics import resolve_metrics
 from ..progress import Task
 
@@ -147,24 +154,40 @@ def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | 
     """Score one contestant. Returns {"metrics": {name: mean}, "examples": [...], per-request costs}.
     `retrieved` (one list of hits per case) puts each case's context into its question, in the
     layout training with retrieval uses. `label` names its progress."""
-    fns = resolve_metrics(metrics)
     options = dict(options or {})
+    fmt = format_of(options)
+    fns = resolve_metrics(metrics + (["valid"] if fmt is not None and "valid" not in metrics else []))
     prompts = [with_prompting(c.prompt, system, shots or []) for c in cases]
     if retrieved is not None:
         from ..retrieval import with_context
 
         prompts = [with_context(p, hits) for p, hits in zip(prompts, retrieved)]
     t0 = time.perf_counter()
-    outputs = _answers(generator, prompts, max_new_tokens, batch_size, label)
+    ranked = None
+    if options.get("score"):
+        outputs, ranked = _scored(generator, prompts, fmt)
+    else:
+        constraints = None
+        if fmt is not None and options.get("constrained"):
+            from ..constrain import Constraint
+
+            first = Constraint.from_format(fmt, generator.tokenizer, generator.stop_ids, "constraint")
+            constraints = [first] + [first.copy() for _ in prompts[1:]]
+        outputs = _answers(generator, prompts, max_new_tokens, batch_size, label, constraints)
     seconds = time.perf_counter() - t0
     examples, sums = [], {name: 0.0 for name in fns}
-    for case, out in zip(cases, outputs):
+    for k, (case, out) in enumerate(zip(cases, outputs)):
         scores = {name: fn(out.text, case.reference, options) for name, fn in fns.items()}
+        if ranked is not None:
+            from .choices import choice_scores
+
+            scores |= choice_scores(ranked[k], case.reference)
         for name, v in scores.items():
-            sums[name] += v
+            sums[name] = sums.get(name, 0.0) + v
         examples.append({"line": case.line, "prompt": case.prompt[-1]["content"] if case.prompt else "",
                          "reference": case.reference, "prediction": out.text, "scores": scores,
-                         "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens})
+                         "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}
+                        | ({"top": [[c, round(p, 4)] for c, p in ranked[k][:3]]} if ranked is not None else {}))
     means = {name: s / len(cases) for name, s in sums.items()}
     if loss is not None:
         means["loss"] = loss
@@ -176,10 +199,13 @@ def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | 
         "completion_tokens_per_request": sum(e["completion_tokens"] for e in examples) / len(examples),
         "latency_s_per_request": seconds / len(examples),
         "seconds": seconds,
+        **({"format": fmt.describe(), "decoding": "scored" if options.get("score") else
+            "constrained" if options.get("constrained") else "free"} if fmt is not None else {}),
     }
 
 
-def _answers(generator, prompts: list[list[dict]], max_new_tokens: int, batch_size: int, label: str) -> list:
+def _answers(generator, prompts: list[list[dict]], max_new_tokens: int, batch_size: int, label: str,
+             constraints: list | None = None) -> list:
     """generator.chat's answers, asked one batch at a time so each batch counts as progress. chat
     batches the longest prompts first; handing it the batches in that order keeps the batches it
     would have made, and so its answers."""
@@ -188,11 +214,58 @@ def _answers(generator, prompts: list[list[dict]], max_new_tokens: int, batch_si
     with Task(label, len(prompts), unit="answers") as task:
         for b in range(0, len(order), batch_size):
             idx = order[b: b + batch_size]
+            held = [constraints[i] for i in idx] if constraints is not None else None
             for i, out in zip(idx, generator.chat([prompts[i] for i in idx], max_new_tokens=max_new_tokens,
-                                                  batch_size=batch_size)):
+                                                  batch_size=batch_size, constraints=held)):
                 outputs[i] = out
             task.advance(len(idx))
     return outputs
+
+
+def format_of(options: dict) -> AnswerFormat | None:
+    """The answer format an evaluation's options carry (`format`: an AnswerFormat's dict), or None."""
+    fmt = options.get("format")
+    return fmt if fmt is None or isinstance(fmt, AnswerFormat) else AnswerFormat(**fmt)
+
+
+def format_options(fmt: AnswerFormat | None, *, constrained: bool = True, score: bool = False) -> dict:
+    """The options that evaluate under `fmt`: generation constrained by it (or free), or scored."""
+    if fmt is None:
+        if score:
+            raise ConfigError("--score needs the choices to score: --choices FILE|a,b,c (or a recipe's choices)",
+                              "--score")
+        return {}
+    if score and fmt.choices is None:
+        raise ConfigError(f"--score ranks a closed list of choices; this format is {fmt.describe()}", "--score")
+    return {"format": fmt.model_dump(), "constrained": constrained and not score, "score": score}
+
+
+def _scored(generator, prompts: list[list[dict]], fmt: AnswerFormat):
+    """Generations whose text is the most likely choice, and each prompt's choices ranked."""
+    from ..generation import Generation
+    from .choices import ranked, score_choices
+
+    scores = score_choices(generator, prompts, fmt.choices)
+    order = [ranked(s, fmt.choices) for s in scores]
+    outputs = [Generation(o[0][0], len(generator.prompt_ids(p)), 0, "stop") for p, o in zip(prompts, order)]
+    return outputs, order
+
+
+def recorded_format(model) -> AnswerFormat | None:
+    """The answer format a fine-tune's recipe records (`constraint`), or None (a base model, or a
+    recipe without one). `model`: a reference or a ResolvedModel."""
+    from ..models import resolve_model
+    from ..run_folder import RunFolder
+
+    resolved = model if hasattr(model, "run") else resolve_model(model)
+    if resolved.run is None:
+        return None
+    try:
+        config = RunFolder(resolved.run).read_config() or {}
+    except OSError:
+        return None
+    value = config.get("constraint")
+    return AnswerFormat(**value) if value else None
 
 
 def evaluate_model(model, data: str | Path, metrics: list[str], *, options: dict | None = None,

@@ -5,7 +5,8 @@ import html
 import json
 from pathlib import Path
 
-COLORS = {"base": "#9aa5b1", "prompt_only": "#f0a04b", "tuned": "#2f80ed", "train": "#2f80ed", "val": "#e5534b"}
+COLORS = {"base": "#9aa5b1", "prompt_only": "#f0a04b", "tuned": "#2f80ed", "train": "#2f80ed", "val": "#e5534b",
+          "base_constrained": "#616e7c", "prompt_only_constrained": "#c77c1e", "tuned_constrained": "#1b5fbf"}
 
 
 def print_comparison(result: dict, console) -> None:

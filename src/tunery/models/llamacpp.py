@@ -95,11 +95,22 @@ class GGUFModel:
         return self.complete(self.tokenize(self.render(messages)), max_tokens=max_tokens, temperature=temperature,
                              top_p=top_p, seed=seed)
 
+    def grammar_error(self, gbnf: str) -> bool:
+        """True if llama.cpp cannot parse this grammar (GBNF) against this vocabulary: checked before
+        generating, since a sampler chain given no grammar would fail inside llama.cpp."""
+        ll = llama_cpp_module()
+        sampler = ll.llama_sampler_init_grammar(self.llm._model.vocab, gbnf.encode("utf-8"), b"root")
+        if not sampler:
+            return True
+        ll.llama_sampler_free(sampler)
+        return False
+
     def complete(self, prompt: list[int], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, on_token=None) -> Answer:
+                 seed: int | None = None, on_token=None, grammar: str | None = None) -> Answer:
         """Generate after `prompt` (token ids). `on_token(token_id, piece)` is called for each token
         of the answer as it comes, with the text it adds ("" inside a multi-byte character);
-        returning True from it stops generation (finish_reason "length")."""
+        returning True from it stops generation (finish_reason "length"). `grammar`: a GBNF grammar
+        the answer follows (llama.cpp's grammar sampler; see `grammar_error`)."""
         room = self.n_ctx - len(prompt)
         if room <= 0:
             raise TuneryError(f"the prompt has {len(prompt)} tokens; {self.path.name} runs with a context of {self.n_ctx}")
@@ -108,8 +119,10 @@ class GGUFModel:
         raw, text, finish = b"", "", "length"
         with self.lock:
             self.llm.set_seed(seed if seed is not None else self._random_seed)
+            rules = ll_grammar(grammar) if grammar else None
             for token in self.llm.generate(prompt, temp=temperature if sampling else 0.0, top_p=top_p if sampling else 1.0,
-                                           top_k=0 if sampling else 1, min_p=0.0, repeat_penalty=1.0, reset=True):
+                                           top_k=0 if sampling else 1, min_p=0.0, repeat_penalty=1.0, reset=True,
+                                           grammar=rules):
                 if token in self.eog_ids:
                     finish = "stop"
                     break
@@ -129,6 +142,12 @@ class GGUFModel:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         """The text of token ids, as a transformers tokenizer's `decode` gives it (for IncrementalText)."""
         return self.llm.detokenize(list(ids), special=not skip_special_tokens).decode("utf-8", "replace")
+
+
+def ll_grammar(gbnf: str):
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    return LlamaGrammar.from_string(gbnf, verbose=False)
 
 
 def _trained_context(path: Path) -> int | None:

@@ -19,8 +19,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from ..errors import ModelNotFound, TuneryError, validated
+from ..evaluate.evaluator import recorded_format
 from ..generation import IncrementalText
-from . import console, errors, tools
+from . import console, errors, structured, tools
 from .catalog import Catalog
 from .engine import ChatRequest, Engine
 from .schemas import ChatCompletionRequest, TuneryChatOptions
@@ -85,6 +86,9 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
         resolved = await asyncio.to_thread(_resolve, eng, body.model)
         messages = tools.messages([_message(m) for m in body.messages])
         functions, forced = tools.check(body)
+        fmt, lenient, given = structured.check(body)
+        if not given:  # a fine-tune trained for a format answers in it unless asked otherwise
+            fmt = await asyncio.to_thread(recorded_format, resolved)
         extra = _tunery_options(body)
         citations = None
         grounding = await asyncio.to_thread(_grounding, resolved, extra.retrieval)
@@ -98,7 +102,8 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
             temperature=body.temperature, top_p=body.top_p, seed=None if body.seed is None else body.seed + i,
             stop=[body.stop] if isinstance(body.stop, str) else body.stop, tools=functions,
             tool_choice=_choice_kind(body.tool_choice), forced=forced,
-            parallel_tool_calls=body.parallel_tool_calls) for i in range(body.n)]
+            parallel_tool_calls=body.parallel_tool_calls, format=fmt, format_given=given, lenient=lenient)
+            for i in range(body.n)]
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
             for req in reqs:

@@ -20,11 +20,12 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
+from ..config import AnswerFormat
 from ..data.render import stop_token_ids
 from ..data.template import load_template
 from ..errors import ConfigError, TuneryError
 from ..generation import Generation, generate_batch
-from . import tools
+from . import structured, tools
 from ..models import ResolvedModel, resolve_model
 
 QUANTUM = 16  # tokens a batch generates before it yields to waiting requests
@@ -55,13 +56,17 @@ class ChatRequest:
     prompt_ids: list[int] = field(default_factory=list)
     done_ids: list[int] = field(default_factory=list)
     rng_state: object = None
+    format: AnswerFormat | None = None  # what the answer must be (response_format, or the recipe's constraint)
+    format_given: bool = False  # by the request's response_format (else the recipe's)
+    lenient: bool = False  # schema keywords the grammar does not implement are ignored (strict: false)
     call_format: object = None  # how the model's template writes tool calls (data/tool_calls.py)
-    constraint: object = None  # a forced call's grammar (constrain.Constraint)
+    constraint: object = None  # the answer's grammar: a format or a forced call (constrain.Constraint; GBNF text in llama.cpp)
 
     def batch_key(self):
-        """Requests that can share one generate call: same model, same greedy/sampling settings."""
-        if self.stream is not None or self.seed is not None or self.constraint is not None:
-            return None  # streamed, seeded and constrained requests run alone
+        """Requests that can share one generate call: same model, same greedy/sampling settings
+        (each row keeps its own grammar, if any)."""
+        if self.stream is not None or self.seed is not None:
+            return None  # streamed and seeded requests run alone
         return (self.model, self.temperature, self.top_p, tuple(self.stop or ()))
 
     def cancel(self) -> None:
@@ -128,7 +133,7 @@ class Engine:
         text = tools.render(p.template, req)
         req.prompt_ids = p.tokenizer(text, add_special_tokens=False)["input_ids"]
         check_context(len(req.prompt_ids), req.max_tokens, p.context)
-        req.constraint = tools.constraint(req, p.tokenizer, p.stop_ids)
+        req.constraint = structured.constraint(req, p.tokenizer, p.stop_ids)
         with self._cv:
             if self._closed:
                 raise Cancelled("the server is shutting down")
@@ -231,9 +236,12 @@ class Engine:
         turn = Turn()
         streamer = _QueueStreamer(r0.stream) if r0.stream is not None else None
         budget = max(r.max_tokens - len(r.done_ids) for r in batch)
+        for r in batch:
+            if r.constraint is not None:
+                r.constraint.feed(r.done_ids)  # an answer resumed after a preemption: its grammar catches up
         kw = dict(max_new_tokens=budget, temperature=r0.temperature, top_p=r0.top_p, stop=r0.stop,
                   streamer=streamer, stopping_criteria=StoppingCriteriaList([turn]),
-                  logits_processor=[r0.constraint.processor(len(r0.prompt_ids))] if r0.constraint else None)
+                  constraints=[r.constraint for r in batch])
         prompts = [r.prompt_ids + r.done_ids for r in batch]
         if resolved.adapter is None and hasattr(base.model, "disable_adapter"):
             with base.model.disable_adapter():
@@ -250,6 +258,10 @@ class Engine:
                 if req.seed is not None:
                     req.rng_state = torch.get_rng_state()
                 requeue.append(req)
+                results.append(None)
+            elif req.constraint is not None and req.constraint.error:
+                req.finish(error=ConfigError(f"{req.constraint.field}: the grammar reached a limit while generating "
+                                             f"({req.constraint.error[:200]})", req.constraint.field))
                 results.append(None)
             else:
                 results.append(_final(req, ids, g, p.tokenizer))

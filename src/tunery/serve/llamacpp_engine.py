@@ -17,7 +17,10 @@ Guarantees, as engine.py's:
   - a cancelled request (its client went away) stops at the next token; `close()` stops the
     running requests at the next token and fails them and everything queued (Cancelled);
   - stop strings cut the text (the tokens stay, as in engine.py); temperature, top_p and seed go
-    to llama.cpp's sampler; usage counts the end-of-turn token, as engine.py does.
+    to llama.cpp's sampler; usage counts the end-of-turn token, as engine.py does;
+  - an answer format (response_format, or the recipe's constraint) becomes a llama.cpp grammar
+    (GBNF: structured.gbnf), checked against the vocabulary when submitted; a regex has no GBNF
+    form here (a 400), nor has a forced tool call.
 """
 
 import sys
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from ..data.template import ChatTemplate
 from ..errors import ConfigError, TuneryError
 from ..generation import Generation
-from . import tools
+from . import structured, tools
 from .engine import Cancelled, ChatRequest, check_context
 
 CONTEXT = 8192  # the most context a file runs with (less where its model was trained with less)
@@ -73,6 +76,11 @@ class LlamaCppEngine:
             raise ConfigError("tool_choice: forcing a tool call needs tunery's own engine (serve without --engine "
                               "llamacpp); the llama.cpp engine reads the calls a model makes (tool_choice auto)",
                               "tool_choice")
+        if req.format is not None:  # llama.cpp's own grammar sampler
+            req.constraint = structured.gbnf(req.format)
+            if model.grammar_error(req.constraint):
+                raise ConfigError(f"{structured.FIELD}: llama.cpp cannot parse the grammar of this format; serve "
+                                  "without --engine llamacpp", structured.FIELD)
         while not self._enqueue(worker, req):
             worker = self._worker(served)  # evicted and stopped meanwhile: load it again
         return req.future
@@ -180,7 +188,7 @@ class LlamaCppEngine:
             return hit or req.cancelled.is_set() or self._closed
 
         answer = model.complete(req.prompt_ids, max_tokens=req.max_tokens, temperature=req.temperature,
-                                top_p=req.top_p, seed=req.seed, on_token=on_token)
+                                top_p=req.top_p, seed=req.seed, on_token=on_token, grammar=req.constraint)
         if self._closed:
             raise Cancelled("the server is shutting down")
         if req.cancelled.is_set():

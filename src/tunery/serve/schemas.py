@@ -61,6 +61,21 @@ class Message(BaseModel):
     tool_call_id: str | None = Field(None, max_length=256)  # a tool message: the call it answers
 
 
+# -- response_format (see serve/structured.py for what is checked beyond the shape) ------------------
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = Field(None, max_length=8192)
+    schema_: dict | None = Field(None, alias="schema")  # the answer's JSON schema; none: any JSON object
+    strict: bool | None = None  # false: schema keywords the grammar does not implement are ignored
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -81,6 +96,7 @@ class ChatCompletionRequest(BaseModel):
     tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
 
 
 class RetrievalOptions(BaseModel):

@@ -38,7 +38,7 @@ def check(body) -> tuple[list[dict] | None, tuple[str, ...] | None]:
         if names.index(tool.function.name) != i:
             raise ConfigError(f"tools[{i}].function.name: {tool.function.name!r} is given twice",
                               f"tools[{i}].function.name")
-        _check_schema(tool.function.parameters, f"tools[{i}].function.parameters")
+        check_schema(tool.function.parameters, f"tools[{i}].function.parameters")
     choice = body.tool_choice
     if choice is None or choice in ("auto", "none"):
         forced = None
@@ -52,15 +52,20 @@ def check(body) -> tuple[list[dict] | None, tuple[str, ...] | None]:
     return [t.model_dump(exclude_unset=True) for t in body.tools], forced
 
 
-def _check_schema(schema, field: str) -> None:
+def check_schema(schema, field: str, root_object: bool = True) -> None:
+    """A JSON schema from a request, bounded before anything compiles or applies it: size, depth,
+    `$ref` only inside it, no `patternProperties`, valid as a JSON schema (`root_object`: of an
+    object, as tool parameters are). ConfigErrors name `field`."""
     if schema is None:
         return
+    if not isinstance(schema, dict):
+        raise ConfigError(f"{field}: a JSON schema must be an object", field)
     text = json.dumps(schema)
     if len(text) > MAX_SCHEMA_BYTES:
         raise ConfigError(f"{field}: larger than {MAX_SCHEMA_BYTES} bytes", field)
     if _depth(schema) > MAX_SCHEMA_DEPTH:
         raise ConfigError(f"{field}: nested deeper than {MAX_SCHEMA_DEPTH} levels", field)
-    if schema.get("type", "object") != "object":
+    if root_object and schema.get("type", "object") != "object":
         raise ConfigError(f"{field}: must be the JSON schema of an object (type \"object\")", field)
     if any(not ref.startswith("#") for ref in _refs(schema)):
         raise ConfigError(f"{field}: $ref may only point inside the schema (\"#/...\")", field)
@@ -139,11 +144,17 @@ def constraint(req, tokenizer, stop_ids):
         return None
     from ..constrain import Constraint
 
-    schemas = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"}
-               for t in req.tools if t["function"]["name"] in req.forced}
-    special = {t.content: i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
-    grammar = req.call_format.lark(schemas, req.parallel_tool_calls, special)
+    grammar = call_grammar(req, tokenizer, req.forced)
     return Constraint.from_lark(grammar, tokenizer, stop_ids, "tools" if len(req.forced) > 1 else "tool_choice")
+
+
+def call_grammar(req, tokenizer, names) -> str:
+    """The lark grammar (rule `start`) of a turn of calls to the functions `names`, as the template
+    writes them, each call's arguments held to its tool's schema."""
+    schemas = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"}
+               for t in req.tools if t["function"]["name"] in names}
+    special = {t.content: i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+    return req.call_format.lark(schemas, req.parallel_tool_calls, special)
 
 
 # -- answer ----------------------------------------------------------------------------------------

@@ -276,7 +276,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
                         score = generation_score(
                             model, tokenizer, samples, cfg.eval_metric, stop_ids,
                             max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.batch_size,
-                            device=accelerator.device) if samples else 0.0
+                            device=accelerator.device, fmt=cfg.constraint) if samples else 0.0
                     total_score, scored = world.sum(score * len(samples), len(samples))
                     row[metric_key] = total_score / max(scored, 1)
                 if select_by in row:
@@ -361,6 +361,13 @@ def _check_eval_metric(cfg: TrainConfig) -> str | None:
 
     if cfg.best_by == "metric" and not cfg.eval_generate_every:
         raise ConfigError("best_by: metric needs --eval-generate-every N")
+    if cfg.constraint is not None:
+        from ..constrain import check_format
+
+        check_format(cfg.constraint, "constraint")  # a regex that does not compile: before any compute
+    if cfg.eval_metric == "valid" and cfg.constraint is None and cfg.eval_generate_every:
+        raise ConfigError("eval_metric: valid scores answers against the recipe's constraint; set --constraint",
+                          "eval_metric")
     if not cfg.eval_generate_every:
         return None
     resolve_metrics([cfg.eval_metric])
