@@ -1,17 +1,18 @@
 """Which constrained-decoding library for tunery: llguidance, xgrammar and outlines-core side by side
 on CPU, with the default model's tokenizer (SmolLM2, 49,152 tokens).
 
-    python bench/constrain_libraries.py [--model default] [--batch 16] [--rounds 3]
+    python bench/constrain_libraries.py [--quick] [--model default] [--batch 16] [--rounds 3]
 
 Each library that imports is measured (xgrammar and outlines-core are not tunery dependencies:
-`pip install --target DIR xgrammar outlines-core` and put DIR on PYTHONPATH to include them):
+`pip install --target DIR --no-deps xgrammar outlines-core apache-tvm-ffi` and put DIR on PYTHONPATH
+to include them):
   - tokenizer: building the library's view of the vocabulary (once per tokenizer);
   - compile: a new grammar to its first token mask (a JSON schema of an extraction record, a choice
     of 60 labels, a regex);
   - mask: computing the next-token mask and consuming the token, over a valid answer, per token,
     for one row and for `--batch` rows (each with its own matcher, filled in one call where the
     library has a batch API).
-Prints one JSON object per line.
+Prints one JSON object per line (`--json` is accepted for the harness; the output is JSON either way).
 """
 
 import argparse
@@ -200,13 +201,26 @@ def main():
     p.add_argument("--model", default="default")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="a tiny tokenizer, one round: a smoke run")
+    p.add_argument("--json", action="store_true")
     args = p.parse_args()
     from tunery.data.render import stop_token_ids
     from tunery.data.template import load_template
     from tunery.models import load_tokenizer, resolve_model
     from tunery.models.hardware import cpu_flags
 
-    tokenizer = load_tokenizer(resolve_model(args.model))
+    if args.quick:
+        import sys
+        import tempfile
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from tiny import build_tokenizer
+
+        args.rounds, args.batch, args.model = 1, 2, "tiny random (quick)"
+        tokenizer = build_tokenizer(Path(tempfile.mkdtemp(prefix="struct-")), corpus=[ANSWER_JSON, *LABELS])
+    else:
+        tokenizer = load_tokenizer(resolve_model(args.model))
     stop = sorted(stop_token_ids(tokenizer, load_template(tokenizer)))[0]
     vocab = len(tokenizer)
     print(json.dumps({"model": args.model, "vocab": vocab, "cpu_flags": sorted(cpu_flags() & FLAGS)}))

@@ -34,6 +34,19 @@ def test_generation_quick():
     assert r["batched_tokens_per_s"] > 0 and r["sequential_tokens_per_s"] > 0 and r["prompts"] == 32
 
 
+def test_constrained_generation_quick():
+    r = _run("constrained_generation.py")
+    assert r["free"]["tokens_per_s"] > 0 and r["compile_ms_to_first_mask"].keys() == {"json_schema", "choices_60"}
+    assert r["choices_60"]["valid"] == "8/8"  # every answer held to its format; a random model's JSON strings
+    assert int(r["json_schema"]["valid"][0]) + r["json_schema"]["cut_at_max_tokens"] == 8  # may run past max tokens
+    assert r["json_schema"]["mask_ms_per_step"] > 0 == r["free"]["mask_ms_per_step"]
+
+
+def test_constrain_libraries_quick():
+    r = _run("constrain_libraries.py")
+    assert r["library"] in ("llguidance", "xgrammar", "outlines-core")
+
+
 def test_retrieval_quick():
     r = _run("retrieval.py")
     assert r["chunks"] > 0 and r["build_chunks_per_s"] > 0 and r["rebuild_one_changed_embedded"] < r["chunks"]

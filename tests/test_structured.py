@@ -259,3 +259,32 @@ def test_bad_formats_on_the_command_line_are_one_line_errors(tiny_model, tmp_pat
             assert line.startswith(f"error: {field}") and words in line, (command[0], line)
     out = _cli(tmp_path, "generate", tiny_model, "--prompt", "q", "--regex", "[0-9]{3}-(yes|no)", "--max-new-tokens", "20")
     assert out.returncode == 0 and re.fullmatch("[0-9]{3}-(yes|no)", out.stdout.strip()), out
+
+
+def test_the_structured_example_is_what_make_data_writes_and_every_answer_holds(tmp_path):
+    """examples/structured: the committed files are make_data.py's deterministic output, the held-out
+    messages never appear in training, and every answer holds to the format its recipe records."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tunery.config import answer_format
+
+    example = Path(__file__).parent.parent / "examples/structured"
+    shutil.copy(example / "make_data.py", tmp_path)
+    subprocess.run([sys.executable, str(tmp_path / "make_data.py")], check=True, capture_output=True)
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".py")
+    assert written and written == sorted(p.relative_to(example) for p in example.rglob("*")
+                                         if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts)
+    for rel in written:
+        assert (tmp_path / rel).read_bytes() == (example / rel).read_bytes(), rel
+    formats = {"intents": answer_format(choices=str(example / "intents/labels.txt")),
+               "tickets": answer_format(schema=str(example / "tickets/schema.json"))}
+    assert len(formats["intents"].choices) == 40
+    for task, fmt in formats.items():
+        rows = {split: [json.loads(line)["messages"] for line in (example / task / f"{split}.jsonl").open()]
+                for split in ("train", "test")}
+        assert not {m[0]["content"] for m in rows["train"]} & {m[0]["content"] for m in rows["test"]}
+        for messages in rows["train"] + rows["test"]:
+            assert holds(fmt, messages[-1]["content"]), messages

@@ -170,6 +170,26 @@ def test_hostile_schemas_are_bounded(api):
         assert r.status_code in (200, 400), r.text
 
 
+def test_a_grammar_that_gives_up_while_generating_fails_its_request_alone(api, monkeypatch):
+    """A parser limit reached mid-answer (forced here) ends that answer: a 400 naming the format; the
+    engine goes on answering others."""
+    from tunery.serve import engine as engine_module
+
+    real = engine_module.structured.constraint
+
+    def breaking(req, tokenizer, stop_ids):
+        c = real(req, tokenizer, stop_ids)
+        if c is not None and req.format_given and req.format.json_object:
+            c.matcher.consume_token(stop_ids[0])  # a token the grammar refuses: in error from the start
+        return c
+
+    monkeypatch.setattr(engine_module.structured, "constraint", breaking)
+    broken = chat(api, response_format={"type": "json_object"}, temperature=0)
+    assert broken.status_code == 400 and broken.json()["error"]["param"] == "response_format"
+    assert "reached a limit while generating" in broken.json()["error"]["message"]
+    assert chat(api, response_format=SCHEMA_FORMAT, temperature=0).status_code == 200
+
+
 def test_strict_false_ignores_what_the_grammar_cannot_hold(api):
     schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"not": {"type": "string"}}},
               "required": ["a"], "additionalProperties": False}
