@@ -284,6 +284,13 @@ def test_merge_matches_adapter_logits(tiny_model, toy_data, tmp_path):
     torch.testing.assert_close(a, m, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(a, p, atol=1e-4), "the adapter changed nothing"
     assert (merged_dir / "chat_template.jinja").is_file()
+    from tunery.data.render import stop_token_ids
+    from tunery.data.template import load_template
+    from tunery.models import load_tokenizer
+
+    tokenizer = load_tokenizer(merged_dir)  # other runtimes stop at every end-of-turn token
+    eos = json.loads((merged_dir / "generation_config.json").read_text())["eos_token_id"]
+    assert sorted(stop_token_ids(tokenizer, load_template(tokenizer))) == (eos if isinstance(eos, list) else [eos])
 
 
 def test_bad_input_refused_before_compute(tiny_model, toy_data, tmp_path):

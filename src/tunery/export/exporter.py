@@ -33,6 +33,7 @@ from ..models import load_model, load_tokenizer, resolve_model
 from ..progress import Task
 from ..registry import recorder
 from ..run_folder import RunFolder
+from .merge import save_merged
 
 FORMATS = ("merged", "peft", "gguf", "ollama")
 MIN_AGREEMENT = 0.5  # share of greedy answers a lossy GGUF must give exactly as tunery does
@@ -112,7 +113,7 @@ def _export(resolved, info, fmt: str, out: Path, verify: bool, quant: str | None
     with atomic_dir(out) as tmp:
         if fmt == "merged":
             stage("merge")
-            _save_merged(resolved, tokenizer, tmp)
+            save_merged(resolved, tokenizer, tmp)
             check = (lambda: _max_logit_diff(reference, _load(tmp), tokenizer, prompts)) if verify else None
         elif fmt in ("gguf", "ollama"):
             record |= _gguf(resolved, info, tokenizer, tmp, out.name, quant, fmt == "ollama", verify, stage)
@@ -138,17 +139,6 @@ def _export(resolved, info, fmt: str, out: Path, verify: bool, quant: str | None
     return record
 
 
-def _save_merged(resolved, tokenizer, folder: Path):
-    """base + adapter folded in fp32, with the tokenizer and every end-of-turn id as EOS."""
-    import torch
-
-    merged, _ = load_model(resolved, dtype=torch.float32, device="cpu", merge=True)
-    _stop_ids_in_generation_config(merged, tokenizer)
-    merged.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return merged
-
-
 def _ollama_name(name: str | None) -> str:
     """ft:base:suffix:abcd1234 -> base-suffix-abcd1234 (Ollama names take no colons but a tag's)."""
     import re
@@ -170,7 +160,7 @@ def _gguf(resolved, info, tokenizer, dest: Path, final: str, quant: str, ollama:
     with tempfile.TemporaryDirectory(prefix=".tunery-gguf-", dir=dest.parent) as staging:
         staging = Path(staging)
         stage("merge")
-        merged = _save_merged(resolved, tokenizer, staging / "hf")
+        merged = save_merged(resolved, tokenizer, staging / "hf")
         f16 = staging / "model-f16.gguf"
         stage("convert")
         convert(staging / "hf", dest / name if quant in FLOAT_QUANTS else f16, quant if quant in FLOAT_QUANTS else "f16")
@@ -366,17 +356,6 @@ def _max_logit_diff(a, b, tokenizer, prompts: list[str]) -> float:
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :256]
             worst = max(worst, float((a(ids).logits - b(ids).logits).abs().max()))
     return worst
-
-
-def _stop_ids_in_generation_config(model, tokenizer) -> None:
-    """Other runtimes stop where the generation config says: at every end-of-turn token."""
-    from ..data.render import stop_token_ids
-    from ..data.template import load_template
-
-    template = load_template(tokenizer)
-    if template is not None:
-        model.generation_config.eos_token_id = sorted(stop_token_ids(tokenizer, template))
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def _copy_adapter(adapter: Path, dest: Path) -> dict:

@@ -4,26 +4,43 @@ from pathlib import Path
 
 from ..errors import TuneryError
 from ..files import atomic_dir
-from ..models import load_model, resolve_model
+from ..models import load_model, load_tokenizer, resolve_model
 from ..progress import Task
 
 
 def merge_run(run: str | Path, out: str | Path) -> Path:
     """Write OUT: base + adapter merged in fp32 (never into a quantised base), with the tokenizer
-    and chat template the run trained with."""
-    import torch
-
+    and chat template the run trained with, and every end-of-turn id as EOS in generation_config.json."""
     resolved = resolve_model(str(run))
     if resolved.source != "run":
         raise TuneryError(f"{run} is not a tunery run folder (no run.json)")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise TuneryError(f"{out} already exists and is not empty; choose another output folder")
-    with Task("merge", 2, unit="stages", note="merge") as task:
-        model, tokenizer = load_model(resolved, dtype=torch.float32, device="cpu", merge=True)
-        task.advance(note="save")
+    with Task("merge", 1, unit="stages", note="merge") as task:
         with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            save_merged(resolved, load_tokenizer(resolved), tmp)
         task.advance(note="")
     return out
+
+
+def save_merged(resolved, tokenizer, folder: Path):
+    """base + adapter folded in fp32, with the tokenizer and every end-of-turn id as EOS."""
+    import torch
+
+    merged, _ = load_model(resolved, dtype=torch.float32, device="cpu", merge=True)
+    stop_ids_in_generation_config(merged, tokenizer)
+    merged.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return merged
+
+
+def stop_ids_in_generation_config(model, tokenizer) -> None:
+    """Other runtimes stop where the generation config says: at every end-of-turn token."""
+    from ..data.render import stop_token_ids
+    from ..data.template import load_template
+
+    template = load_template(tokenizer)
+    if template is not None:
+        model.generation_config.eos_token_id = sorted(stop_token_ids(tokenizer, template))
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
