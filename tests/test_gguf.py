@@ -367,6 +367,65 @@ def test_llamacpp_engine_holds_answers_to_a_format(lab, home, exported):
         structured.gbnf(AnswerFormat(regex="[0-9]+"))
 
 
+@pytest.fixture(scope="module")
+def tools_exported(lab):
+    """The lab's tiny Llama fully fine-tuned on examples/tools with its chatml_tools template, exported at
+    f16: a GGUF whose template carries tool calls. Returns the fine-tune's name."""
+    from pathlib import Path
+
+    from tunery.export import export
+    from tunery.training import train
+
+    examples = Path(__file__).parent.parent / "examples/tools"
+    old = os.environ.get("TUNERY_HOME")
+    os.environ["TUNERY_HOME"] = str(lab["home"])
+    try:
+        run = train(dict(model=str(lab["root"] / "tiny"), data=str(examples / "train.jsonl"), val_split=0,
+                         template=str(examples / "chatml_tools.jinja"), method="full", max_steps=40, lr=3e-3,
+                         batch_size=8, out=str(lab["root"] / "tools-run")), progress=False)
+        export(run.dir, "gguf", lab["root"] / "tools-served", verify=False)
+    finally:
+        os.environ["TUNERY_HOME"] = old if old is not None else os.environ.pop("TUNERY_HOME")
+    return run.info.name
+
+
+CITY = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"enum": ["Vienna", "Seoul", "Lima"]}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"], "additionalProperties": False}}}
+SUM = {"type": "function", "function": {"name": "calculate", "description": "Arithmetic", "parameters": {
+    "type": "object", "properties": {"operation": {"enum": ["add", "subtract"]}, "exact": {"type": "boolean"}},
+    "required": ["operation", "exact"], "additionalProperties": False}}}
+
+
+def test_llamacpp_engine_forces_tool_calls_with_a_grammar(lab, home, tools_exported):
+    """tool_choice `required` or a named function, through llama.cpp's grammar sampler as through tunery's
+    engine: the answer is a call the API reads back, its arguments valid against the tool's schema; with
+    tools left to the model and a response_format, the answer is either calls or the format."""
+    import jsonschema
+
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (CITY, SUM)}
+    ask = [{"role": "user", "content": "Tell me the weather for Lima."}]
+    for engine in ("pytorch", "llamacpp"):
+        with _client(engine) as client:
+            api = _openai(client)
+            kw = dict(model=tools_exported, messages=ask, tools=[CITY, SUM], temperature=0, max_tokens=96,
+                      parallel_tool_calls=False)  # this barely trained model would repeat its call until max_tokens
+            for choice, names in (("required", {"get_weather", "calculate"}),
+                                  ({"type": "function", "function": {"name": "calculate"}}, {"calculate"})):
+                answer = api.chat.completions.create(tool_choice=choice, **kw).choices[0]
+                assert answer.finish_reason == "tool_calls" and len(answer.message.tool_calls) == 1, (engine, answer)
+                for call in answer.message.tool_calls:
+                    assert call.function.name in names, (engine, call)
+                    jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+            for seed in range(3):  # sampled: still a call
+                answer = api.chat.completions.create(tool_choice="required", **kw | dict(temperature=1.0, seed=seed)).choices[0]
+                assert answer.finish_reason == "tool_calls", (engine, seed, answer)
+            either = api.chat.completions.create(tool_choice="auto", response_format={"type": "json_schema", "json_schema": {
+                "name": "w", "schema": schemas["get_weather"]}}, **kw).choices[0]
+            if either.finish_reason != "tool_calls":
+                jsonschema.validate(json.loads(either.message.content), schemas["get_weather"])
+
+
 def test_serve_engines_bench_quick():
     """The bench harness, smoke-run (its speed is never asserted)."""
     import subprocess

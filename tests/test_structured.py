@@ -106,6 +106,45 @@ def test_a_grammar_past_its_limits_ends_the_answer(gen):
     assert out[0].text == "" and out[0].finish_reason == "stop" and c.error
 
 
+def test_a_row_the_loop_ends_early_is_padded_without_breaking_its_grammar(gen):
+    """A row ended by the loop while others go on (its budget, a stop string) is padded; with a pad
+    token that is no stop token (as Gemma's <pad>), the padding is not fed to the row's grammar."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    from tunery.generation import generate_batch
+
+    class EndRowZero(StoppingCriteria):
+        steps = 0
+
+        def __call__(self, input_ids, scores, **kw):
+            self.steps += 1
+            return torch.tensor([self.steps >= 3, False])
+
+    pad = gen.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert pad not in gen.stop_ids
+    fmt = AnswerFormat(regex="[a-z]{10}")
+    rows = [_constraint(gen, fmt) for _ in range(2)]
+    before, gen.tokenizer.pad_token = gen.tokenizer.pad_token, "<|im_start|>"
+    try:
+        out = generate_batch(gen.model, gen.tokenizer, [gen.prompt_ids(a) for a in _asks(2)], gen.stop_ids,
+                             max_new_tokens=14, stopping_criteria=StoppingCriteriaList([EndRowZero()]), constraints=rows)
+    finally:
+        gen.tokenizer.pad_token = before
+    padding = out[0].token_ids[3:]
+    assert padding and set(padding) == {pad} and rows[0].error is None and rows[0].done
+    assert rows[1].error is None and re.fullmatch("[a-z]{10}", out[1].text), out[1]
+
+
+def test_a_schema_that_admits_no_answer_fails_when_compiled(gen):
+    with pytest.raises(ConfigError, match="^f: admits no answer"):
+        Constraint.from_format(AnswerFormat(json_schema={"$ref": "#"}), gen.tokenizer, gen.stop_ids, "f")
+    any_json = _constraint(gen, AnswerFormat(json_schema={}))  # the empty schema: any JSON value
+    out = gen.chat(_asks(1), max_new_tokens=40, constraints=[any_json])
+    if out[0].finish_reason == "stop":
+        json.loads(out[0].text)  # any JSON value parses
+
+
 # -- the recipe's constraint ---------------------------------------------------------------------------
 def test_the_recipe_records_a_constraint_in_every_written_form(tmp_path):
     labels = tmp_path / "labels.txt"

@@ -36,7 +36,7 @@ class AnswerFormat(BaseModel):
 
     @model_validator(mode="after")
     def _one(self):
-        given = [k for k in ("json_schema", "json_object", "regex", "choices") if getattr(self, k)]
+        given = [k for k in ("json_schema", "json_object", "regex", "choices") if getattr(self, k) not in (None, False)]
         if len(given) != 1:
             raise ValueError("give exactly one of json_schema, json_object, regex, choices"
                              + (f" (got {', '.join(given)})" if given else ""))
@@ -51,7 +51,7 @@ class AnswerFormat(BaseModel):
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("json_schema", "json_object", "regex", "choices") if getattr(self, k))
+        return next(k for k in ("json_schema", "json_object", "regex", "choices") if getattr(self, k) not in (None, False))
 
     @model_serializer
     def _as_dict(self) -> dict:

@@ -100,7 +100,8 @@ class Constraint:
     def __init__(self, matcher, vocab: int, stop_ids, field: str = "grammar"):
         self.matcher, self.vocab, self.stop_ids, self.field = matcher, vocab, sorted(stop_ids), field
         self.fed = 0  # generated tokens the matcher has been shown (a stop token included)
-        self.done = False  # a stop token ended the answer
+        self.done = False  # a stop token ended the answer, or the generation loop did (padding follows)
+        self._mask = None  # the last bitmask filled: what the next token was allowed to be
 
     @classmethod
     def from_lark(cls, grammar: str, tokenizer, stop_ids, field: str) -> "Constraint":
@@ -115,6 +116,10 @@ class Constraint:
         matcher = LLMatcher(ll, compiled, log_level=0, limits=limits)
         if matcher.is_error():
             raise ConfigError(_compile_error(field, matcher.get_error()), field)
+        first = matcher.deep_copy()  # its first mask: a grammar that admits no answer fails here, not mid-answer
+        first.compute_bitmask()
+        if first.is_error():
+            raise ConfigError(f"{field}: admits no answer ({first.get_error().strip().splitlines()[0][:200]})", field)
         return cls(matcher, ll.vocab_size, stop_ids, field)
 
     @classmethod
@@ -137,13 +142,18 @@ class Constraint:
         self.extend(generated[self.fed:])
 
     def extend(self, tokens: list[int]) -> None:
-        """Consume the answer's next tokens; what follows a stop token is padding and ignored."""
+        """Consume the answer's next tokens; what follows a stop token, or a token the last mask
+        forbade (padding after the loop ended the row), is ignored."""
         self.fed += len(tokens)
         for token in tokens:
             if self.done:
                 return
+            mask, self._mask = self._mask, None
             if token in self.stop_ids:
                 self.done = True
+            elif mask is not None and not (int(mask[token // 32]) >> (token % 32)) & 1:
+                self.done = True  # a token the mask forbade: the loop ended this row (its budget, a stop
+                # string) while others go on, and pads it with a token that need not be a stop token
             elif not self.matcher.is_error():
                 self.matcher.consume_token(int(token))
 
@@ -165,6 +175,7 @@ class Constraint:
             row.zero_()
             for t in self.stop_ids:
                 row[t // 32] |= _bit(t % 32)
+        self._mask = row
         return True
 
 

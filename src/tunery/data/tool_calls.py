@@ -13,7 +13,8 @@ go, and which text opens and closes a call, a block of calls and the gap between
 `parse` finds calls of that shape in generated text (the text decoded with special tokens kept):
 literals match with any whitespace where the template has some and around JSON punctuation, the
 arguments are read with `json.JSONDecoder.raw_decode`. `lark` writes the same shape as an
-llguidance grammar, for generation that must produce a call (constrain.py).
+llguidance grammar, for generation that must produce a call (constrain.py); `gbnf` as a llama.cpp
+grammar (the llama.cpp engine).
 """
 
 import json
@@ -176,21 +177,38 @@ class CallFormat:
     def lark(self, schemas: dict[str, dict], parallel: bool, special: dict[str, int] | None = None) -> str:
         """An llguidance grammar for a turn that is only calls to these functions (name -> JSON schema
         of its arguments), as the template writes them; `special`: special tokens' text -> id."""
-        def lit(s: str) -> str:
-            return _lark_literal(s, special or {})
-
-        rules = []
-        for k, (name, schema) in enumerate(schemas.items()):
-            parts = [lit(p) if i % 2 == 0 else {NAME: lit(name), ARGS: f"args_{k}",
-                                                 ID: f'/[A-Za-z0-9]{{{self.id_length}}}/'}[p]
-                     for i, p in enumerate(self.call)]
-            rules.append(f"call_{k}: {' '.join(p for p in parts if p)}")
+        def args(k: int, schema: dict) -> str:
             rules.append(f"args_{k}: %json {json.dumps(_exact_json(schema))}")
+            return f"args_{k}"
+
+        rules: list[str] = []
+        start = self._turn(schemas, parallel, lambda s: _literal(s, special or {}, _lark_quote), args,
+                           f"/[A-Za-z0-9]{{{self.id_length}}}/", "_", rules, ": ")
+        return "\n".join([f"start: {start}", *rules])
+
+    def gbnf(self, schemas: dict[str, dict], parallel: bool, special: dict[str, int], json_rule) -> tuple[str, list[str]]:
+        """The same turn as `lark`, in llama.cpp's grammar language: (the turn's expression, its rules
+        named tc-...). `json_rule(schema, name) -> rule` writes a JSON schema's rules (llama.cpp's
+        converter, serve/structured.py); `special`: special tokens' text -> id in the GGUF's vocabulary."""
+        rules: list[str] = []
+        turn = self._turn(schemas, parallel, lambda s: _literal(s, special, gbnf_quote),
+                          lambda k, schema: json_rule(schema, f"tc-args-{k}"), f"[A-Za-z0-9]{{{self.id_length}}}",
+                          "-", rules, " ::= ", prefix="tc-")
+        return turn, rules
+
+    def _turn(self, schemas, parallel, lit, args, ident, joiner, rules, defines, prefix="") -> str:
+        """A turn of calls as a grammar: `rules` gets a rule per function's call and one choosing
+        among them (named with `prefix` and `joiner`, written `name{defines}body`); returns the turn."""
+        call = f"{prefix}call"
+        for k, (name, schema) in enumerate(schemas.items()):
+            parts = [lit(p) if i % 2 == 0 else {NAME: lambda: lit(name), ARGS: lambda: args(k, schema),
+                                                 ID: lambda: ident}[p]()
+                     for i, p in enumerate(self.call)]
+            rules.append(f"{call}{joiner}{k}{defines}{' '.join(p for p in parts if p)}")
+        rules.append(f"{call}{defines}{' | '.join(f'{call}{joiner}{k}' for k in range(len(schemas)))}")
         several = parallel and self.parallel
-        calls = f"call ({lit(self.sep)} call)*" if several else "call"
-        start = " ".join(p for p in (lit(self.lead), lit(self.open), calls, lit(self.close)) if p)
-        names = " | ".join(f"call_{k}" for k in range(len(schemas)))
-        return "\n".join([f"start: {start}", f"call: {names}", *rules])
+        calls = f"{call} ({lit(self.sep)} {call})*" if several else call
+        return " ".join(p for p in (lit(self.lead), lit(self.open), calls, lit(self.close)) if p)
 
 
 class _Malformed(Exception):
@@ -278,23 +296,41 @@ def _expect(literal: str, text: str, pos: int, what: str) -> int:
     return m.end()
 
 
-def _lark_literal(s: str, special: dict[str, int]) -> str:
-    """Text as lark: quoted strings, special tokens as token references (text cannot spell them)."""
+def _literal(s: str, special: dict[str, int], quote) -> str:
+    """Text as a grammar's literal: quoted strings (`quote`), special tokens as token references
+    `<[id]>` (llguidance and llama.cpp both write them so; text cannot spell them)."""
     if not s:
         return ""
     names = sorted((t for t in special if t and t in s), key=len, reverse=True)
     if not names:
-        return json.dumps(s, ensure_ascii=False)
+        return quote(s)
     pattern = re.compile("|".join(re.escape(t) for t in names))
     out, pos = [], 0
     for m in pattern.finditer(s):
         if m.start() > pos:
-            out.append(json.dumps(s[pos: m.start()], ensure_ascii=False))
+            out.append(quote(s[pos: m.start()]))
         out.append(f"<[{special[m.group()]}]>")
         pos = m.end()
     if pos < len(s):
-        out.append(json.dumps(s[pos:], ensure_ascii=False))
+        out.append(quote(s[pos:]))
     return " ".join(out)
+
+
+def _lark_quote(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def gbnf_quote(text: str) -> str:
+    """A GBNF string literal (llama.cpp's grammar language)."""
+    out = []
+    for ch in text:
+        if ch in '"\\[]':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _exact_json(schema: dict) -> dict:

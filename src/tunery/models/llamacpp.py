@@ -71,6 +71,7 @@ class GGUFModel:
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self._random_seed = ll.LLAMA_DEFAULT_SEED  # llama.cpp draws a fresh seed for each sampler
         self._formatter = None
+        self._special: dict[str, int] | None = None
 
     def close(self) -> None:
         self.llm.close()
@@ -94,6 +95,16 @@ class GGUFModel:
                seed: int | None = None) -> Answer:
         return self.complete(self.tokenize(self.render(messages)), max_tokens=max_tokens, temperature=temperature,
                              top_p=top_p, seed=seed)
+
+    @property
+    def special(self) -> dict[str, int]:
+        """The vocabulary's control tokens: text -> id (a grammar names them as tokens, `<[id]>`)."""
+        if self._special is None:
+            ll = llama_cpp_module()
+            vocab = self.llm._model.vocab
+            self._special = {self.decode([t], skip_special_tokens=False): t for t in range(self.llm.n_vocab())
+                             if ll.llama_vocab_get_attr(vocab, t) & ll.LLAMA_TOKEN_ATTR_CONTROL}
+        return self._special
 
     def grammar_error(self, gbnf: str) -> bool:
         """True if llama.cpp cannot parse this grammar (GBNF) against this vocabulary: checked before

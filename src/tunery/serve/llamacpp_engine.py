@@ -18,9 +18,10 @@ Guarantees, as engine.py's:
     running requests at the next token and fails them and everything queued (Cancelled);
   - stop strings cut the text (the tokens stay, as in engine.py); temperature, top_p and seed go
     to llama.cpp's sampler; usage counts the end-of-turn token, as engine.py does;
-  - an answer format (response_format, or the recipe's constraint) becomes a llama.cpp grammar
-    (GBNF: structured.gbnf), checked against the vocabulary when submitted; a regex has no GBNF
-    form here (a 400), nor has a forced tool call.
+  - what constrains an answer (a forced tool call, an answer format from response_format or the
+    recipe's constraint, or calls-or-the-format) becomes one llama.cpp grammar (GBNF:
+    structured.request_gbnf), the grammar tunery's engine would follow, checked against the
+    vocabulary when submitted; a regex has no GBNF form here (a 400).
 """
 
 import sys
@@ -72,15 +73,11 @@ class LlamaCppEngine:
         model = worker.model
         req.prompt_ids = model.tokenize(tools.render(_template(model), req))
         check_context(len(req.prompt_ids), req.max_tokens, model.n_ctx)
-        if req.forced:  # no constraint here: only calls the model makes are read
-            raise ConfigError("tool_choice: forcing a tool call needs tunery's own engine (serve without --engine "
-                              "llamacpp); the llama.cpp engine reads the calls a model makes (tool_choice auto)",
-                              "tool_choice")
-        if req.format is not None:  # llama.cpp's own grammar sampler
-            req.constraint = structured.gbnf(req.format)
-            if model.grammar_error(req.constraint):
-                raise ConfigError(f"{structured.FIELD}: llama.cpp cannot parse the grammar of this format; serve "
-                                  "without --engine llamacpp", structured.FIELD)
+        req.constraint = structured.request_gbnf(req, model.special)  # for llama.cpp's own grammar sampler
+        if req.constraint is not None and model.grammar_error(req.constraint):
+            field = "tool_choice" if req.forced else structured.FIELD
+            raise ConfigError(f"{field}: llama.cpp cannot parse the grammar of this request; serve without --engine "
+                              "llamacpp", field)
         while not self._enqueue(worker, req):
             worker = self._worker(served)  # evicted and stopped meanwhile: load it again
         return req.future

@@ -21,6 +21,9 @@ from . import tools
 
 FIELD = "response_format"
 SCHEMA_FIELD = "response_format.json_schema.schema"
+GBNF_MAX_COUNT = 1_000  # a schema's minLength, maxItems, ...: llama.cpp's grammars write a count out as copies of a rule
+GBNF_MAX_CHARS = 1_000_000  # a llama.cpp grammar's text
+COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains", "maxContains")
 
 
 def check(body) -> tuple[AnswerFormat | None, bool, bool]:
@@ -61,34 +64,88 @@ def constraint(req, tokenizer, stop_ids):
     return Constraint.from_format(req.format, tokenizer, stop_ids, field, lenient=req.lenient)
 
 
-def gbnf(fmt: AnswerFormat) -> str:
-    """The format as a llama.cpp grammar (GBNF): JSON schemas through llama.cpp's own converter;
-    a regex has no GBNF form here (a 400)."""
-    import json
-
-    if fmt.regex is not None:
-        raise ConfigError("response_format: a regex format needs tunery's own engine (serve without --engine "
-                          "llamacpp); llama.cpp's grammars take JSON schemas, JSON objects and choices", FIELD)
-    if fmt.choices is not None:
-        return "root ::= " + " | ".join(_gbnf_literal(c) for c in fmt.choices)
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-    if fmt.json_object:
-        return JSON_GBNF  # its root is an object
-    try:
-        return json_schema_to_gbnf(json.dumps(fmt.json_schema))
-    except Exception as exc:  # noqa: BLE001 - llama.cpp's converter refuses what it cannot express
-        raise ConfigError(f"{SCHEMA_FIELD}: llama.cpp cannot express this schema as a grammar "
-                          f"({type(exc).__name__}: {str(exc)[:200]}); serve without --engine llamacpp", SCHEMA_FIELD) from None
+def gbnf(fmt: AnswerFormat, field: str = FIELD) -> str:
+    """The format as a llama.cpp grammar (GBNF, rule `root`)."""
+    g = _Gbnf()
+    return g.text(g.answer(fmt, field))
 
 
-def _gbnf_literal(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in '"\\[]':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+def request_gbnf(req, special: dict[str, int]) -> str | None:
+    """The llama.cpp grammar (GBNF) a request's answer follows, chosen as `constraint` chooses for
+    tunery's engine: a forced call, calls or the format, the format; None when the answer is free.
+    `special`: the GGUF's special tokens' text -> id (the call format's markers)."""
+    g = _Gbnf()
+    if req.forced:
+        return g.text(g.calls(req, req.forced, special, "tools" if len(req.forced) > 1 else "tool_choice"))
+    if req.format is None:
+        return None
+    field = SCHEMA_FIELD if req.format.json_schema is not None and req.format_given else \
+        FIELD if req.format_given else "constraint"
+    answer = g.answer(req.format, field)
+    if req.tools and req.call_format is not None and req.tool_choice != "none":  # calls, or the formatted answer
+        names = [t["function"]["name"] for t in req.tools]
+        return g.text(f"({g.calls(req, names, special, 'tools')}) | {answer}")
+    return g.text(answer)
+
+
+class _Gbnf:
+    """One GBNF grammar being written: JSON schemas through llama.cpp's own converter (one for the
+    whole grammar, so the rules its schemas share are written once), tunery's rules beside them."""
+
+    def __init__(self):
+        from llama_cpp.llama_grammar import SchemaConverter
+
+        self.converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        self.rules: list[str] = []
+
+    def json(self, schema: dict, name: str, field: str) -> str:
+        """The rule of JSON matching `schema` (a JSON schema from a request: bounded by tools.check_schema)."""
+        import copy
+
+        if (count := _largest_count(schema)) is not None:
+            raise ConfigError(f"{field}: {count[0]} {count[1]} is over {GBNF_MAX_COUNT} here: llama.cpp's grammars "
+                              "write a count out as that many copies of a rule; serve without --engine llamacpp", field)
+        try:
+            return self.converter.visit(self.converter.resolve_refs(copy.deepcopy(schema), name), name)
+        except Exception as exc:  # noqa: BLE001 - llama.cpp's converter refuses what it cannot express
+            raise ConfigError(f"{field}: llama.cpp cannot express this schema as a grammar "
+                              f"({type(exc).__name__}: {str(exc)[:200]}); serve without --engine llamacpp", field) from None
+
+    def answer(self, fmt: AnswerFormat, field: str) -> str:
+        """An expression of an answer in the format; a regex has no GBNF form here (a 400)."""
+        from ..data.tool_calls import gbnf_quote
+
+        if fmt.regex is not None:
+            raise ConfigError(f"{field}: a regex format needs tunery's own engine (serve without --engine llamacpp); "
+                              "llama.cpp's grammars take JSON schemas, JSON objects and choices", field)
+        if fmt.choices is not None:
+            return "(" + " | ".join(gbnf_quote(c) for c in fmt.choices) + ")"
+        return self.json({"type": "object"} if fmt.json_object else fmt.json_schema, "answer", field)
+
+    def calls(self, req, names, special: dict[str, int], field: str) -> str:
+        """An expression of a turn of calls to the functions `names`, as the template writes them."""
+        turn, rules = tools.call_gbnf(req, names, special, lambda schema, name: self.json(schema, name, field))
+        self.rules += rules
+        return turn
+
+    def text(self, root: str) -> str:
+        grammar = "\n".join([f"root ::= {root}", *self.rules, self.converter.format_grammar()])
+        if len(grammar) > GBNF_MAX_CHARS:
+            raise ConfigError(f"{FIELD}: the request's llama.cpp grammar would be {len(grammar):,} characters (at most "
+                              f"{GBNF_MAX_CHARS:,}); serve without --engine llamacpp", FIELD)
+        return grammar
+
+
+def _largest_count(x) -> tuple[str, float] | None:
+    """(keyword, value) of a count in a schema over GBNF_MAX_COUNT, or None."""
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if k in COUNTS and isinstance(v, (int, float)) and not isinstance(v, bool) and v > GBNF_MAX_COUNT:
+                return k, v
+            if (found := _largest_count(v)) is not None:
+                return found
+    elif isinstance(x, list):
+        for v in x:
+            if (found := _largest_count(v)) is not None:
+                return found
+    return None

@@ -151,10 +151,19 @@ def constraint(req, tokenizer, stop_ids):
 def call_grammar(req, tokenizer, names) -> str:
     """The lark grammar (rule `start`) of a turn of calls to the functions `names`, as the template
     writes them, each call's arguments held to its tool's schema."""
-    schemas = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"}
-               for t in req.tools if t["function"]["name"] in names}
     special = {t.content: i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
-    return req.call_format.lark(schemas, req.parallel_tool_calls, special)
+    return req.call_format.lark(_schemas(req, names), req.parallel_tool_calls, special)
+
+
+def call_gbnf(req, names, special: dict[str, int], json_rule) -> tuple[str, list[str]]:
+    """The same turn in llama.cpp's grammar language: (expression, rules); `json_rule(schema, name)`
+    writes a schema's rules (serve/structured.py)."""
+    return req.call_format.gbnf(_schemas(req, names), req.parallel_tool_calls, special, json_rule)
+
+
+def _schemas(req, names) -> dict[str, dict]:
+    return {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"}
+            for t in req.tools if t["function"]["name"] in names}
 
 
 # -- answer ----------------------------------------------------------------------------------------
