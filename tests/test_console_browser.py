@@ -19,6 +19,8 @@ from test_serve import KEY, start_server
 pytestmark = pytest.mark.process
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency: pip install -e '.[dev]'")
+WAIT_MS = 60_000  # what a page waits for the server: the data doctor on 2 loaded cores takes seconds, not 5
+playwright.expect.set_options(timeout=WAIT_MS)
 
 
 def chromium() -> str:
@@ -79,6 +81,7 @@ def page(server):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
         context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(WAIT_MS)
         pg = context.new_page()
         errors = []
         pg.on("pageerror", lambda exc: errors.append(str(exc)))

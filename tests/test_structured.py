@@ -265,8 +265,14 @@ def test_compare_runs_each_contestant_with_and_without_the_constraint(labelled, 
                "--few-shot", "1", "--metrics", "exact", "--max-new-tokens", "12", "--json",
                "--report-dir", tmp_path / "report")
     assert out.returncode == 0, out.stderr
-    cs = json.loads(out.stdout)["contestants"]
+    result = json.loads(out.stdout)
+    cs = result["contestants"]
     assert set(cs) == {f"{n}{s}" for n in ("base", "prompt_only", "tuned") for s in ("", "_constrained")}
+    s = result["summary"]  # the fine-tune the verdict judged, against the baseline run the same way
+    assert s["tuned"] == result["verdict"]["best_tuned"]
+    assert s["baseline"] == "prompt_only" + ("_constrained" if s["tuned"].endswith("_constrained") else "")
+    assert s["prompt_tokens_saved_per_request"] == cs[s["baseline"]]["prompt_tokens_per_request"] - \
+        cs[s["tuned"]]["prompt_tokens_per_request"]
     for name, c in cs.items():
         assert c["decoding"] == ("constrained" if name.endswith("_constrained") else "free")
         if name.endswith("_constrained"):

@@ -22,7 +22,8 @@ app.add_typer(data_app, name="data")
 @app.command()
 @command
 def generate(
-    model: str = typer.Argument(..., help="default, a model folder, a .gguf file or a cached hub id"),
+    model: str = typer.Argument(..., help="default, a fine-tune (ft:... or its run folder), a model folder, a .gguf file "
+                                "or a cached hub id"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="The user message"),
     system: Optional[str] = typer.Option(None, "--system", help="A system message"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),

@@ -53,10 +53,16 @@ def emit(result, as_json: bool, show) -> None:
         show()
 
 
+PIPED_WIDTH = 200  # columns of a table written to a file or a pipe (rich would cut it at 80)
+
+
 def console(stderr: bool = False):
+    """Where a command writes for a person. Off a terminal (a pipe, a log, CI) without COLUMNS, 200
+    columns wide, so a table's headers and cells are not cut to fit 80."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    wide = not (sys.stderr if stderr else sys.stdout).isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, highlight=False, width=PIPED_WIDTH if wide else None)
 
 
 def error_line(exc: TuneryError) -> str:

@@ -302,7 +302,7 @@ class TrainConfig(DataConfig):
         True, description="Keep the encoded data in a memory-mapped cache under TUNERY_HOME, reused while the file, "
         "tokenizer, template and length settings are unchanged (off: encode afresh each run)")
     constraint: AnswerFormat | None = Field(
-        None, description="The format every answer must have, applied by eval, compare and serve to this fine-tune "
+        None, description="The format every answer must have, applied by generate, eval, compare and serve to this fine-tune "
         "unless asked otherwise: json, schema:FILE, regex:PATTERN or choices:FILE|a,b,c (files are read and recorded)")
 
     def resolve(self, n_examples: int, n_val: int, *, precision: Literal["fp32", "bf16"], format: str,

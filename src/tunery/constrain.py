@@ -89,9 +89,12 @@ def check_format(fmt: AnswerFormat, field: str, lenient: bool = False) -> None:
 
 def _compile_error(field: str, error: str) -> str:
     """One line: llguidance's first line and its `error:` line (its others draw the place with carets)."""
+    import re
+
     lines = [line.strip() for line in error.splitlines() if line.strip()]
     why = next((line for line in lines[1:] if line.startswith("error:")), "")
-    return f"{field}: cannot be compiled for constrained generation: {lines[0] if lines else error} {why}".rstrip()[:400]
+    first = re.sub(r"^at \d+\(\d+\): ", "", lines[0]) if lines else error  # the place in tunery's own grammar text
+    return f"{field}: cannot be compiled for constrained generation: {first} {why}".rstrip()[:400]
 
 
 class Constraint:

@@ -88,6 +88,11 @@ def config_error(exc, source: str = "") -> ConfigError:
     err = next((e for e in errs if field_of(e["loc"]) == first and e["type"] in BOUND_ERRORS), errs[0])
     field = field_of(err["loc"]) or "config"
     msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+    if err["type"] == "value_error":  # our validators' own words, without pydantic's "Value error, "
+        msg = str(err.get("ctx", {}).get("error") or msg.removeprefix("Value error, "))
+        name = field.rsplit(".", 1)[-1]
+        msg = msg[len(name) + 1:] if msg.startswith((f"{name} ", f"{name}:")) else msg  # said once, before the colon
+        msg = msg.lstrip(": ") or err["msg"]
     return ConfigError(f"{source}{field}: {msg} (got {err.get('input')!r})", field=field)
 
 

@@ -61,8 +61,9 @@ def compare(base: str, tuned: str, data: str | Path, *, metrics: list[str], few_
         training = {"seconds": final.seconds, "trained_tokens": final.trained_tokens} if final else None
     return {
         "data": str(data), "base": base, "tuned": tuned, "few_shot": few_shot, "system": system,
-        "examples": len(cases), "contestants": contestants, "summary": summarise(contestants, metrics),
-        "verdict": verdict(contestants, metrics[0], training),
+        "examples": len(cases), "contestants": contestants,
+        "summary": summarise(contestants, metrics, (judged := verdict(contestants, metrics[0], training))["best_tuned"]),
+        "verdict": judged,
         **({"retrieval": {k: v for k, v in found.items() if k != "hits"}} if found else {}),
     }
 
@@ -108,14 +109,19 @@ def verdict(contestants: dict, metric: str, training: dict | None) -> dict:
             "training": training, "break_even_requests": break_even, "worth_it": worth, "text": text}
 
 
-def summarise(contestants: dict, metrics: list[str]) -> dict:
-    po, tu = contestants["prompt_only"], contestants["tuned"]
+def summarise(contestants: dict, metrics: list[str], tuned: str = "tuned") -> dict:
+    """The fine-tune `tuned` (the verdict's best) against the prompt-only baseline run the same way:
+    both constrained, or both as is (the baseline gets no retrieval: it is the prompt alone)."""
+    baseline = "prompt_only_constrained" if tuned.endswith("_constrained") and "prompt_only_constrained" in contestants \
+        else "prompt_only"
+    po, tu = contestants[baseline], contestants[tuned]
     wins = {}
     for name in metrics:
         tuned_worse_by = worse_by(name, po["metrics"][name], tu["metrics"][name])
         wins[name] = "tie" if abs(tuned_worse_by) < 1e-9 else ("tuned" if tuned_worse_by < 0 else "prompt_only")
     saved_tokens = po["prompt_tokens_per_request"] - tu["prompt_tokens_per_request"]
     return {
+        "tuned": tuned, "baseline": baseline,
         "prompt_tokens_saved_per_request": saved_tokens,
         "prompt_tokens_saved_fraction": saved_tokens / po["prompt_tokens_per_request"] if po["prompt_tokens_per_request"] else 0.0,
         "latency_saved_s_per_request": po["latency_s_per_request"] - tu["latency_s_per_request"],

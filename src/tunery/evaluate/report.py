@@ -26,13 +26,20 @@ def print_comparison(result: dict, console) -> None:
     console.print(table)
     s = result["summary"]
     wins = ", ".join(f"{m}: {w}" for m, w in s["quality_winner"].items())
-    console.print(f"the fine-tune saves {s['prompt_tokens_saved_per_request']:.1f} prompt tokens "
+    console.print(f"{_pair(s)[0]} saves {s['prompt_tokens_saved_per_request']:.1f} prompt tokens "
                   f"({s['prompt_tokens_saved_fraction']:.0%}) and {s['latency_saved_s_per_request'] * 1000:.0f} ms per "
-                  f"request against the prompt-only baseline; quality: {wins} → "
+                  f"request against {_pair(s)[1]}; quality: {wins} → "
                   + ("[green]the fine-tune wins[/]" if s["tuned_wins_on_quality"] else "[yellow]the fine-tune does not win on every metric[/]"))
     if result.get("verdict"):
         v = result["verdict"]
         console.print(("[bold green]" if v["worth_it"] else "[bold yellow]") + "verdict:[/] " + escape(v["text"]))
+
+
+def _pair(s: dict) -> tuple[str, str]:
+    """How the summary names its two contestants: the fine-tune and the prompt-only baseline, as run."""
+    tuned, baseline = s.get("tuned", "tuned"), s.get("baseline", "prompt_only")
+    return (f"the fine-tune ({tuned})" if tuned != "tuned" else "the fine-tune",
+            f"the prompt-only baseline ({baseline})" if baseline != "prompt_only" else "the prompt-only baseline")
 
 
 def _fmt(v) -> str:
@@ -136,7 +143,7 @@ th {{ background: #f5f7fa; }} .chart {{ background: #fff; border: 1px solid #e4e
 <p>{result['examples']} held-out examples from <code>{html.escape(str(result['data']))}</code>;
 base <code>{html.escape(str(result['base']))}</code>, tuned <code>{html.escape(str(result['tuned']))}</code>,
 prompt-only baseline: {result['few_shot']} few-shot examples{' and a system prompt' if result.get('system') else ''}.</p>
-<p class="summary">{verdict}. Against the prompt-only baseline it saves {s['prompt_tokens_saved_per_request']:.1f} prompt tokens
+<p class="summary">{verdict}. Against {html.escape(_pair(s)[1])} it saves {s['prompt_tokens_saved_per_request']:.1f} prompt tokens
 ({s['prompt_tokens_saved_fraction']:.0%}) and {s['latency_saved_s_per_request'] * 1000:.0f} ms per request.</p>
 {_verdict_html(result.get("verdict"))}
 <h2>Training</h2>

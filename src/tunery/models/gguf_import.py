@@ -5,6 +5,7 @@ refuses to train or save it. We rebuild the same architecture from the config wi
 quantisation marker, copy the dequantised weights in, and save an ordinary HF folder.
 """
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -45,6 +46,10 @@ def import_gguf(gguf: Path, dest: Path) -> Path:
     gguf = Path(gguf)
     say(f"importing {gguf.name} into {dest} (once)")
     with Task(f"import {gguf.name}", 3, unit="stages", note="read and dequantise") as task:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        bar = gguf_utils.tqdm  # its own tqdm bar, which no transformers setting turns off: the task above is ours
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             quantised = AutoModelForCausalLM.from_pretrained(
@@ -52,6 +57,8 @@ def import_gguf(gguf: Path, dest: Path) -> Path:
             )
         except Exception as exc:  # transformers raises many types for unreadable files
             raise TuneryError(f"{gguf}: cannot read as a GGUF model ({type(exc).__name__}: {exc})") from None
+        finally:
+            gguf_utils.tqdm = bar
         task.advance(note="rebuild")
         cfg = quantised.config.to_dict()
         for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):

@@ -1,6 +1,7 @@
 """`tunery serve`: bind safely, then run uvicorn."""
 
 import ipaddress
+import sys
 from typing import Optional
 
 import typer
@@ -60,7 +61,7 @@ def serve(
                      catalog=catalog)
     shown = f"[{host}]" if ":" in host else host
     print(f"tunery: the API at http://{shown}:{port}/v1, the console at http://{shown}:{port}/"
-          + (" (log in with the API key)" if api_key else ""), flush=True)
+          + (" (log in with the API key)" if api_key else ""), file=sys.stderr, flush=True)
     # On SIGTERM / Ctrl-C: stop taking requests, give those in flight a few seconds, then stop
     # generation at the next token (the lifespan's engine.close()).
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
