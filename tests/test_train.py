@@ -498,6 +498,7 @@ def test_share_prefix_auto_measures_once_and_the_resume_keeps_it(tiny_model, tmp
         return choice
 
     monkeypatch.setattr(autotune, "share_prefix", measured)
+    monkeypatch.setattr(autotune, "MIN_MICRO_BATCHES", 4)  # a run this short is measured here
     run = train(cfg(tiny_model, data, tmp_path / "r", max_steps=4, save_every=2, eval_every=2, lora_dropout=0.1),
                 progress=False)
     assert calls == [8] and run.config["share_prefix"] is False
@@ -518,12 +519,16 @@ def test_share_prefix_auto_measures_once_and_the_resume_keeps_it(tiny_model, tmp
 
 
 def test_share_prefix_auto_keeps_sharing_where_a_pass_is_too_short_to_time(tiny_model, tmp_path, monkeypatch):
-    """Decided by size, not by a clock: a tiny model is never timed, so two runs always agree."""
+    """Decided by size, not by a clock: a tiny model is never timed, so two runs always agree; nor is
+    a run too short to repay three measuring passes."""
     from tunery.training import autotune
 
     answers, real = [], autotune.share_prefix
     monkeypatch.setattr(autotune, "share_prefix", lambda *a: answers.append(real(*a)) or answers[-1])
     data = write_jsonl(tmp_path / "sys.jsonl", system_rows())
+    short = train(cfg(tiny_model, data, tmp_path / "s", max_steps=2), progress=False)
+    assert short.config["share_prefix"] is True and answers == []  # 2 micro-batches: not worth measuring
+    monkeypatch.setattr(autotune, "MIN_MICRO_BATCHES", 1)
     run = train(cfg(tiny_model, data, tmp_path / "r", max_steps=1), progress=False)
     assert run.config["share_prefix"] is True and answers == [(True, None)]  # None: nothing was timed
     explicit = train(cfg(tiny_model, data, tmp_path / "e", max_steps=1, val_max="auto", share_prefix="auto"), progress=False)

@@ -6,8 +6,9 @@ this run's own first micro-batch, once, before training (as `precision: auto` me
 EPYC it measured 35% slower than packing alone. So the first micro-batch runs forward and
 backward both ways, alternately; sharing stays unless it is clearly slower. The
 result is recorded in the resolved config (config.yaml), so a resumed run keeps it and never
-measures again. Nothing is measured where it cannot matter or cannot be timed reliably: a shared
-prefix under MIN_PREFIX tokens, several processes, preference pairs, a pass too short to time
+measures again. Nothing is measured where it cannot matter, cannot be timed reliably or cannot
+repay the measuring: a run of fewer than MIN_MICRO_BATCHES micro-batches (the loop decides that),
+a shared prefix under MIN_PREFIX tokens, several processes, preference pairs, a pass too short to time
 (under MIN_FLOPS, e.g. the tests' tiny models; decided by size, not by a clock, so two runs of
 the same recipe agree): sharing stays on there. Three passes (shared,
 unshared, shared): the first also pays one-time costs (allocations, kernel setup).
@@ -20,6 +21,7 @@ import time
 
 MIN_FLOPS = 1e10  # a forward pass of fewer FLOPs (2 x parameters x tokens) is too short to time: sharing stays
 MIN_PREFIX = 8  # shared tokens below which sharing cannot matter (a chat template's header)
+MIN_MICRO_BATCHES = 30  # a run of fewer would spend over a tenth of its time on the three measuring passes
 SLOWER = 1.05  # sharing is dropped only when measured this much slower
 
 

@@ -178,7 +178,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
 
     # Same math, not the same speed everywhere: measured once on this run's first micro-batch, then recorded.
     share, why = _share_prefix(cfg, folder, world, packed, train_set, objective, token_loss, autocast, params, total,
-                               tokenizer)
+                               tokenizer, run_cfg.max_steps * cfg.grad_accum)
     run_cfg = run_cfg.model_copy(update={"share_prefix": share})
     resolved["share_prefix"] = share
     if why:
@@ -405,8 +405,9 @@ def evaluate(loss_fn, examples, batch_size, batch_of, autocast, world: World | N
 
 
 def _share_prefix(cfg: TrainConfig, folder: RunFolder, world: World, packed: bool, train_set, objective, token_loss,
-                  autocast, params, parameters: int, tokenizer) -> tuple[bool, str | None]:
-    """share_prefix as given; auto: as the resumed run recorded it, else measured (autotune.py)."""
+                  autocast, params, parameters: int, tokenizer, micro_batches: int) -> tuple[bool, str | None]:
+    """share_prefix as given; auto: as the resumed run recorded it, else measured (autotune.py)
+    where the run is long enough to repay the measurement."""
     if cfg.share_prefix != "auto":
         return cfg.share_prefix, None
     if cfg.resume:  # every process joins the broadcast
@@ -415,6 +416,8 @@ def _share_prefix(cfg: TrainConfig, folder: RunFolder, world: World, packed: boo
         if isinstance(recorded, bool):
             return recorded, None
     if world.size > 1 or not packed or cfg.preference:  # several processes would each measure their own
+        return True, None
+    if micro_batches < autotune.MIN_MICRO_BATCHES:  # three passes would cost more than a tenth of the run
         return True, None
     first = next(iter(step_groups(train_set, cfg.seed, 0, cfg.batch_size, cfg.grad_accum, cfg.group_by_length)))[0]
     rows = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=world.accelerator.device, packed=True)
