@@ -15,15 +15,14 @@ tokenizer (once per tokenizer, cached), then a format to its first mask (once pe
 evaluation).
 """
 
-import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import generation_options, tiny_model
+
 CONTACT = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city", "job"],
            "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 130},
                           "city": {"type": "string"}, "job": {"type": "string"}}}
@@ -32,15 +31,7 @@ LABELS = [f"{verb}_{noun}" for verb in ("check", "change", "cancel", "report", "
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a tiny random model: a smoke run")
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--data", default=str(ROOT / "examples/contacts/test.jsonl"))
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = generation_options(__doc__.splitlines()[0])
     args = ap.parse_args()
 
     import torch
@@ -54,10 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if args.quick:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from tiny import build_model
-
-            model = str(build_model(Path(tmp) / "tiny"))
+            model = tiny_model(Path(tmp) / "tiny")
             args.rounds, args.prompts = 1, 8
         gen = Generator(model)
         prompts = [c.prompt for c in load_cases(args.data, limit=args.prompts)]

@@ -6,27 +6,17 @@ Same prompts, same greedy decoding, same max_new_tokens; alternating trials, med
 Counts generated tokens (up to and including the end-of-turn token).
 """
 
-import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import generation_options, tiny_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a tiny random model: a smoke run")
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--data", default=str(ROOT / "examples/contacts/test.jsonl"))
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = generation_options(__doc__.splitlines()[0])
     args = ap.parse_args()
 
     from tunery.evaluate.evaluator import load_cases
@@ -35,10 +25,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if args.quick:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from tiny import build_model
-
-            model = str(build_model(Path(tmp) / "tiny"))
+            model = tiny_model(Path(tmp) / "tiny")
             args.rounds = 1
         gen = Generator(model)
         prompts = [c.prompt for c in load_cases(args.data, limit=args.prompts)]
