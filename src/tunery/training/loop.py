@@ -203,10 +203,13 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
 
     processes = f", {world.size} processes ({run_cfg.strategy})" if world.size > 1 else ""
     what = f"{cfg.objective} pairs" if cfg.preference else "examples"
+    epochs = total_steps / per_epoch  # max_steps may end an epoch part way
+    epochs_text = f"{epochs:g} epoch{'s' * (epochs != 1)}" if epochs == int(epochs) else f"{epochs:.2f} epochs"
+    held = f", answers held to {cfg.constraint.describe()}" if cfg.constraint is not None else ""
     say(f"train {cfg.method} on {base.name}: {len(train_set)} train / {len(val_set)} val {what}, "
-        f"{run_cfg.epochs} epochs, {total_steps} steps, lr {run_cfg.lr:g}, "
+        f"{epochs_text}, {total_steps} steps, lr {run_cfg.lr:g}, "
         f"batch {cfg.batch_size}x{cfg.grad_accum}, trainable {trainable:,} of {total:,} params, {device} "
-        f"{str(dtype).replace('torch.', '')}{processes} → {folder.path}")
+        f"{str(dtype).replace('torch.', '')}{processes}{held} → {folder.path}")
 
     # 4) loop -------------------------------------------------------------------------------------
     batch_of = functools.partial(collate, pad_id=tokenizer.pad_token_id, device=accelerator.device, packed=packed,
