@@ -261,3 +261,39 @@ def test_default_model_is_imported_once_and_knows_paris(monkeypatch, capfd):
     assert again.path == r.path
     assert (r.path / "model.safetensors").stat().st_mtime_ns == stamp
     assert "importing" not in capfd.readouterr().err
+
+
+def test_bf16_on_cpu_is_decided_by_flags_without_a_clock_unless_a_library_is_held(monkeypatch):
+    """Native bf16 that torch and oneDNN may use is fast, untimed (a loaded machine decides as an idle
+    one, so a resumed run agrees with its first part); no bf16 flags: slow, untimed; flags but a
+    library held below them (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA): measured."""
+    import torch
+
+    from tunery.models import hardware
+
+    clock = []
+    monkeypatch.setattr(hardware.time, "perf_counter", lambda: clock.append(1) or float(len(clock)))
+    monkeypatch.delenv("TUNERY_CPU_BF16", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+
+    def decide(flags, capability="AVX512", isa=None):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        if isa:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        else:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        hardware.cpu_bf16_is_fast.cache_clear()
+        clock.clear()
+        try:
+            return hardware.cpu_bf16_is_fast(), bool(clock)
+        finally:
+            hardware.cpu_bf16_is_fast.cache_clear()
+
+    assert decide({"avx2", "avx512f", "avx512_bf16"}) == (True, False)
+    assert decide({"avx2", "amx_bf16"}) == (True, False)
+    assert decide({"avx2", "avx512f"}) == (False, False)
+    assert decide({"avx2", "avx512f", "avx512_bf16"}, capability="AVX2")[1] is True  # held: timed
+    assert decide({"avx2", "avx512f", "avx512_bf16"}, isa="AVX2")[1] is True
+    assert decide({"avx2", "avx512f", "avx512_bf16"}, isa="avx512_core_amx") == (True, False)
+    assert decide(set())[1] is True  # flags unknown (not Linux): timed

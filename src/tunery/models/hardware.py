@@ -3,9 +3,12 @@
 CPUs differ wildly in bf16: without native support a bf16 matmul is many times slower than fp32
 (AVX2 only: 0.3 vs 152 GFLOP/s), while CPUs with AVX512-BF16 or AMX run it several times faster
 (measured on an AMD EPYC with avx512_bf16: 850 vs 212 GFLOP/s). The CPU's flags are read first:
-without AVX512-BF16 or AMX nothing is timed (timing bf16 there took 5.6 s a run). With them, a
-~50 ms probe decides, since a library can still be held below them (ONEDNN_MAX_CPU_ISA). The probe
-starts small and stops as soon as bf16 is clearly slow. TUNERY_CPU_BF16=0/1 overrides it all.
+without AVX512-BF16 or AMX nothing is timed (timing bf16 there took 5.6 s a run); with them, and
+PyTorch and oneDNN free to use them, bf16 is fast, also untimed: a clock on a loaded machine once
+said otherwise, and a resumed run then refused the precision its first part had trained in. Only
+where the flags are unknown, or the environment holds a library below them (ATEN_CPU_CAPABILITY,
+ONEDNN_MAX_CPU_ISA), a ~50 ms probe decides, starting small and stopping as soon as bf16 is clearly
+slow. TUNERY_CPU_BF16=0/1 overrides it all.
 """
 
 import functools
@@ -58,6 +61,10 @@ def cpu_bf16_is_fast() -> bool:
         return False  # no native bf16: emulated, hundreds of times slower; nothing to time
     import torch
 
+    if flags and not _held_below_bf16(torch.backends.cpu.get_cpu_capability()):
+        return True  # native bf16 that torch and oneDNN may use: decided without a clock, so a loaded
+        # machine decides as an idle one does (a resumed run agrees with the run it resumes)
+
     def best(x, y, n: int = 5) -> float:
         x @ y
         times = []
@@ -74,6 +81,16 @@ def cpu_bf16_is_fast() -> bool:
     fp32 = best(a, b)
     bf16 = best(a.bfloat16(), b.bfloat16())
     return bf16 * 1.5 < fp32  # worth it only when clearly faster
+
+
+ONEDNN_BELOW_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def _held_below_bf16(torch_capability: str) -> bool:
+    """True where the environment holds PyTorch's kernels or oneDNN's below the CPU's bf16
+    instructions (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA): then only a measurement can tell."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return not torch_capability.startswith("AVX512") or isa in ONEDNN_BELOW_BF16
 
 
 def default_dtype(device: str):

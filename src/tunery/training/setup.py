@@ -23,7 +23,8 @@ def device_and_dtype(cfg: TrainConfig):
         return device, torch.float32
     if cfg.precision == "bf16":
         if device == "cpu" and not cpu_bf16_is_fast():
-            raise ConfigError("precision: this CPU has no fast bf16 (measured slower than fp32); use fp32 or auto")
+            raise ConfigError("precision: this CPU has no fast bf16 (no AVX512-BF16 or AMX it may use, or measured "
+                              "slower than fp32); use fp32 or auto", "precision")
         return device, torch.bfloat16
     return device, default_dtype(device)
 
