@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from conftest import write_jsonl
 from tunery.serve.app import create_app
 from tunery.serve.catalog import Catalog
-from tunery.serve.console import COOKIE, session_token
+from tunery.serve.console import COOKIE, SESSION_SECONDS, session_of, session_token
 from tunery.training import train
 
 KEY = "sk-console"
@@ -85,7 +85,12 @@ def test_login_sets_an_httponly_strict_cookie_never_the_key(app):
     cookie = r.headers["set-cookie"]
     assert r.status_code == 303 and r.headers["location"] == "/data"
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and KEY not in cookie
-    assert app.cookies[COOKIE] == session_token(KEY)
+    issued, _ = app.cookies[COOKIE].split(".")
+    assert app.cookies[COOKIE] == session_token(KEY, int(issued)) and abs(int(issued) - time.time()) < 60
+    assert f"Max-Age={SESSION_SECONDS}" in cookie and "Secure" not in cookie  # plain http here
+    stale = session_token(KEY, int(time.time()) - SESSION_SECONDS - 1)
+    assert not session_of({b"cookie": f"{COOKIE}={stale}".encode()}, KEY)  # an old session has ended
+    assert not session_of({b"cookie": f"{COOKIE}={session_token('another key')}".encode()}, KEY)
     for path in ("/", "/data", "/models", "/compare", "/playground", "/jobs/ftjob-" + "0" * 24):
         page = app.get(path)
         assert page.status_code == 200 and 'src="/console/static/console.js"' in page.text, path
@@ -216,3 +221,83 @@ def test_retrain_on_a_served_base_records_lineage(app, lab):
     assert one["derived_from"] == lab["id"] and one["lineage"]["ancestors"][0]["name"] == lab["name"]
     parent = app.get(f"/v1/tunery/models/{lab['name']}", headers=AUTH).json()
     assert [d["name"] for d in parent["lineage"]["descendants"]] == [new]
+
+
+# -- hardening: what a hostile page or client may send ---------------------------------------------
+
+def test_a_keyless_server_answers_only_loopback_hosts_and_same_origin_writes(lab, tiny_model, monkeypatch):
+    """DNS rebinding (another Host) and a page on another site posting to a keyless local server are
+    refused; local clients (no Origin, or this origin) are not."""
+    monkeypatch.setenv("TUNERY_HOME", str(lab["home"]))
+    application = create_app(jobs_worker=False, catalog=Catalog({"tiny": str(tiny_model)}),
+                             allowed_hosts=("localhost", "127.0.0.1", "::1"))
+    with TestClient(application, base_url="http://127.0.0.1:8000") as local:
+        assert local.get("/v1/models").status_code == 200
+        assert local.get("/v1/models", headers={"Host": "[::1]:8000"}).status_code == 200
+        rebound = local.get("/v1/models", headers={"Host": "attacker.example:8000"})
+        assert rebound.status_code == 421 and rebound.json()["error"]["code"] == "host_not_allowed"
+        upload = dict(files={"file": ("x.jsonl", b"{}\n")}, data={"purpose": "fine-tune"})
+        cross = local.post("/v1/files", headers={"Origin": "https://attacker.example"}, **upload)
+        assert cross.status_code == 403 and cross.json()["error"]["code"] == "cross_origin"
+        assert local.post("/v1/files", headers={"Origin": "http://127.0.0.1:8000"}, **upload).status_code == 200
+        assert local.post("/v1/files", **upload).status_code == 200  # a client without Origin: the openai SDK
+
+
+def test_hostile_requests_get_4xx_never_500(app, lab):
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    chunked = app.post("/v1/chat/completions", content=json.dumps(ask).encode(),
+                       headers=AUTH | {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert chunked.status_code == 411  # chunks would frame the body past any Content-Length
+    assert app.post("/v1/chat/completions", json=ask | {"seed": 2**70}, headers=AUTH).status_code == 400
+    parts = ask | {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}
+    assert app.post("/v1/chat/completions", json=parts, headers=AUTH).status_code == 400
+    deep = "[" * 100_000 + "]" * 100_000
+    assert app.post("/v1/fine_tuning/jobs", content=deep, headers=AUTH | {"Content-Type": "application/json"}).status_code == 400
+    for name in ("a." + "x" * 300, "bad\x00name.txt", "../../../etc/passwd"):
+        r = app.post("/v1/files", files={"file": (name, b"data")}, data={"purpose": "assistants"}, headers=AUTH)
+        assert r.status_code == 200 and "/" not in r.json()["filename"] and "\x00" not in r.json()["filename"], r.text
+    uploaded = app.post("/v1/files", files={"file": ("t.jsonl", b'{"messages": []}\n')}, data={"purpose": "fine-tune"},
+                        headers=AUTH).json()["id"]
+    assert app.get(f"/v1/tunery/files/{uploaded}/examples/{10**30}", headers=AUTH).status_code in (400, 422)
+
+
+def test_tasks_past_the_limit_are_refused_not_queued_unseen():
+    import threading
+
+    from tunery.errors import Busy
+    from tunery.serve.tasks import MAX_WAITING, Tasks
+
+    tasks, release = Tasks(), threading.Event()
+    try:
+        taken = [tasks.submit("reeval", "m", release.wait) for _ in range(MAX_WAITING)]
+        with pytest.raises(Busy):
+            tasks.submit("reeval", "m", release.wait)
+        release.set()
+        deadline = time.time() + 30
+        while any(tasks.get(t["id"])["status"] != "succeeded" for t in taken):
+            assert time.time() < deadline
+            time.sleep(0.05)
+        tasks.submit("reeval", "m", lambda: None)  # room again
+    finally:
+        release.set()
+        tasks.close()
+
+
+def test_a_recorded_user_metric_is_not_imported_for_a_request(app, lab):
+    """A `module:function` metric the operator recorded from the CLI is code: a re-evaluation asked
+    for over the API refuses it instead of importing it in the server."""
+    from tunery.registry import store
+    from tunery.registry.db import connect
+
+    data = write_jsonl(lab["folder"] / "held.jsonl", rows("the color is blue", 2))
+    with connect() as conn:
+        store.record_eval(conn, lab["id"], "eval", data, 2, {"metrics": ["os:system"], "max_new_tokens": 4}, {"os:system": 1.0})
+    try:
+        task = wait_task(app, app.post(f"/v1/tunery/models/{lab['name']}/reeval", headers=AUTH).json())
+        assert task["status"] == "failed" and "os:system" in task["error"]["message"]
+        assert "does not import" in task["error"]["message"] and task["error"]["param"] == "metrics"
+    finally:
+        from tunery.registry.db import transaction
+
+        with connect() as conn, transaction(conn):
+            conn.execute("DELETE FROM evals WHERE data_file = ?", (str(data.resolve()),))

@@ -87,6 +87,23 @@ def test_one_file_with_every_problem_lists_them_all(tmp_path, tiny_tokenizer):
         assert set(e) == {"line", "code", "message"} and e["message"]
 
 
+def test_hostile_rows_are_row_errors_not_crashes(tmp_path, tiny_tokenizer):
+    """What a network upload may hold: a role that is an object, an integer of thousands of digits,
+    nesting deeper than Python's parser goes; each is its row's error, the rest are read."""
+    rows = [{"messages": [{"role": {"a": 1}, "content": "x"}, a("y")]},                 # 1 unknown_role
+            '{"messages": [], "n": ' + "9" * 5000 + "}",                                # 2 invalid_json
+            "[" * 100_000 + "]" * 100_000,                                             # 3 invalid_json
+            ok_row(1)]
+    report = check(write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer)
+    assert issues(report) == [(1, "unknown_role"), (2, "invalid_json"), (3, "invalid_json")]
+    assert "too long" in report["errors"][1]["message"] and "nested too deeply" in report["errors"][2]["message"]
+    assert report["good"] == 1
+    deep = tmp_path / "d.json"
+    deep.write_text("[" + "[" * 100_000 + "]" * 100_000 + "]")
+    with pytest.raises(DataError, match=r"d.json:1: invalid JSON .*nested too deeply"):
+        check(deep, tiny_tokenizer)
+
+
 def test_empty_file(tmp_path, tiny_tokenizer):
     path = tmp_path / "d.jsonl"
     path.write_text("\n\n")

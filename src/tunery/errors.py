@@ -53,6 +53,10 @@ class TooLarge(TuneryError):
     """An input beyond a configured size limit (an upload)."""
 
 
+class Busy(TuneryError):
+    """The server has as much of this work waiting as it takes; try again later."""
+
+
 class RegistryError(TuneryError):
     """The model registry (TUNERY_HOME/registry.db) is unreadable, busy or lacks a model."""
 

@@ -138,8 +138,8 @@ def _chat(row: dict, answer: bool = True, where: str = "messages") -> Conversati
         if not isinstance(msg, dict):
             raise Invalid("not_object", f"{where} must be an object, got {_kind(msg)}")
         role = msg.get("role")
-        role = ROLE_ALIASES.get(role, role)
-        if role not in ROLES:
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+        if not isinstance(role, str) or role not in ROLES:
             raise Invalid("unknown_role", f"{where}.role {msg.get('role')!r} is not one of system, user, assistant, tool")
         out = {"role": role}
         tool_calls = msg.get("tool_calls")

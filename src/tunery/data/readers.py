@@ -165,6 +165,8 @@ def _jsonl(path: Path, task):
                 yield n, json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 yield n, RowError("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
+            except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting past Python's parser
+                yield n, RowError("invalid_json", f"invalid JSON: {_unreadable(exc)}")
 
 
 def _json_array(path: Path, task):
@@ -205,6 +207,8 @@ def _json_array(path: Path, task):
             except json.JSONDecodeError as exc:
                 yield _syntax_error(text, exc.pos, exc.msg, missing=exc.msg.startswith("Expecting"))
                 return  # the array's structure is lost after a syntax error
+            except (ValueError, RecursionError) as exc:
+                raise DataError(f"{path}:{start_line}: invalid JSON in the example starting here: {_unreadable(exc)}") from None
             advance(end)
             bad = _ESCAPED.search(text, start, end)  # undecodable bytes inside a string of this element
             if end - start > MAX_ROW_BYTES // 4 and (size := _nbytes(text[start:end])) > MAX_ROW_BYTES:
@@ -329,3 +333,10 @@ def _value_bytes(value) -> int:
     if isinstance(value, list | tuple):
         return sum(_value_bytes(v) for v in value)
     return 8
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why valid-looking JSON could not be read: nesting too deep, or an integer too long."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"a number too long to read ({str(exc).split('(')[0].strip()})" if "digits" in str(exc) else str(exc)[:200]

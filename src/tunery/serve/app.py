@@ -33,8 +33,11 @@ MAX_JSON_BYTES = 16 * 2**20  # any other request body
 
 
 def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs_worker: bool = True,
-               max_upload_bytes: int = 512 * 2**20, catalog: Catalog | None = None) -> FastAPI:
-    """The API. With `jobs_worker`, a supervised worker process runs fine-tuning jobs beside it."""
+               max_upload_bytes: int = 512 * 2**20, catalog: Catalog | None = None,
+               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """The API. With `jobs_worker`, a supervised worker process runs fine-tuning jobs beside it.
+    `allowed_hosts`: the names a request's Host header may give (None: any); `tunery serve` without
+    a key allows only loopback names, so a web page cannot reach it by DNS rebinding."""
     from contextlib import asynccontextmanager
 
     catalog = catalog or Catalog()
@@ -60,7 +63,7 @@ def create_app(engine: Engine | None = None, api_key: str | None = None, *, jobs
     app.state.engine = engine or Engine(resolver=catalog.resolve)
     app.state.catalog = catalog
     errors.install(app)
-    app.add_middleware(Guard, api_key=api_key, max_upload_bytes=max_upload_bytes)
+    app.add_middleware(Guard, api_key=api_key, max_upload_bytes=max_upload_bytes, allowed_hosts=allowed_hosts)
 
     from . import ft_routes, tunery_routes
     from .tasks import Tasks
@@ -181,16 +184,29 @@ class Guard:
     """Pure ASGI middleware, outermost: the API key on every path (as a Bearer header, or as the
     console's session cookie: console.py), and a body's declared Content-Length against its limit
     (uploads: --max-upload-mb; JSON: MAX_JSON_BYTES), both before a byte of the body is read. A
-    body without a Content-Length is refused (411). Without a key, a browser page asks for the
-    login page; the login page and its script and style need none."""
+    body without a Content-Length, or sent in chunks (Transfer-Encoding, which would frame it past its
+    declared length), is refused (411). Without a key, a browser page asks for the login page; the
+    login page and its script and style need none. Before all that: a Host outside `allowed_hosts`
+    is refused (DNS rebinding), and so is a request that changes state from a page of another
+    origin (its Origin header names another host: a web page posting to a keyless local server)."""
 
-    def __init__(self, app, api_key: str | None, max_upload_bytes: int):
+    def __init__(self, app, api_key: str | None, max_upload_bytes: int, allowed_hosts: tuple[str, ...] | None = None):
         self.app, self.api_key, self.max_upload_bytes = app, api_key, max_upload_bytes
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.allowed_hosts is not None and _hostname(host) not in self.allowed_hosts:
+            return await _reply(send, 421, "this server answers only to the host names it was started for",
+                                code="host_not_allowed")
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        if scope["method"] not in console.SAFE_METHODS and origin and origin != "null" \
+                and origin.split("://", 1)[-1] != host:
+            return await _reply(send, 403, "a request that changes state may not come from a page of another "
+                                "origin", code="cross_origin")
         if self.api_key is not None and not console.is_public(scope["path"]):
             header = headers.get(b"authorization", b"").decode("latin-1")
             given = header[7:] if header.lower().startswith("bearer ") else ""
@@ -208,8 +224,8 @@ class Guard:
             else:
                 return await _reply(send, 401, "Incorrect API key provided.", code="invalid_api_key")
         length = headers.get(b"content-length", b"").decode("latin-1")
-        if b"transfer-encoding" in headers and not length:
-            return await _reply(send, 411, "a request body must declare its Content-Length")
+        if b"transfer-encoding" in headers:  # its chunks, not Content-Length, would frame the body
+            return await _reply(send, 411, "a request body must declare its Content-Length (not Transfer-Encoding)")
         if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
             if not length.isdigit():
                 return await _reply(send, 411, "an upload must declare its Content-Length", param="file")
@@ -219,6 +235,13 @@ class Guard:
         elif length.isdigit() and int(length) > MAX_JSON_BYTES:
             return await _reply(send, 413, f"request body larger than {MAX_JSON_BYTES} bytes")
         return await self.app(scope, receive, send)
+
+
+def _hostname(host: str) -> str:
+    """The name in a Host header, without its port: `127.0.0.1:8000` -> 127.0.0.1, `[::1]:80` -> ::1."""
+    if host.startswith("["):
+        return host[1: host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 async def _reply(send, status: int, message: str, code=None, param=None) -> None:
@@ -269,7 +292,7 @@ def _message(m) -> dict:
     d["role"] = "system" if d["role"] == "developer" else d["role"]
     content = d.get("content")
     if isinstance(content, list):  # text content parts
-        d["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        d["content"] = "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
     d.setdefault("content", "")
     return d
 

@@ -9,6 +9,9 @@ import typer
 from ..errors import ConfigError
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # what a keyless server's Host header may say
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -58,7 +61,7 @@ def serve(
 
         served = Engine(max_adapters=max_adapters, resolver=catalog.resolve)
     app = create_app(served, api_key=api_key, jobs_worker=jobs, max_upload_bytes=max_upload_mb * 2**20,
-                     catalog=catalog)
+                     catalog=catalog, allowed_hosts=None if api_key else LOOPBACK_NAMES + (host,))
     shown = f"[{host}]" if ":" in host else host
     print(f"tunery: the API at http://{shown}:{port}/v1, the console at http://{shown}:{port}/"
           + (" (log in with the API key)" if api_key else ""), file=sys.stderr, flush=True)

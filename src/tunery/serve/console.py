@@ -9,8 +9,9 @@ from a CDN. Charts are drawn as SVG by console.js (the report's chart code, port
 hundred points need no library, and no third-party script runs in a page that holds a session.
 
 Sessions: behind an API key, `POST /login` with the key sets an HttpOnly, SameSite=Strict cookie
-holding an HMAC of the key (no key in a URL, none readable by a script; a new key ends every
-session). `Guard` (app.py) accepts that cookie wherever it accepts the key; with the cookie, a
+(Secure over https) holding when it was issued and an HMAC of that with the key (no key in a URL,
+none readable by a script; a new key ends every session; a session lives SESSION_SECONDS; a wrong
+key is answered after LOGIN_FAILURE_DELAY). `Guard` (app.py) accepts that cookie wherever it accepts the key; with the cookie, a
 request that changes anything must also carry the header `X-Tunery-Console: 1`, which a page on
 another site cannot send without a CORS preflight this server never grants. Pages are sent with
 a Content-Security-Policy allowing only this origin's scripts.
@@ -20,11 +21,12 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 ASSETS = Path(__file__).parent / "console_assets"
@@ -32,6 +34,7 @@ STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
 COOKIE = "tunery_session"
 CSRF_HEADER = b"x-tunery-console"
 SAFE_METHODS = ("GET", "HEAD")
+LOGIN_FAILURE_DELAY = 1.0  # seconds a wrong key waits for its answer
 # What a browser may reach without a session: the login page and the files it needs.
 PUBLIC = re.compile(r"^/(login|logout|console/static/[a-z.]+|favicon\.ico)$")
 PAGES = re.compile(r"^/($|jobs(/|$)|data$|models(/|$)|compare$|playground$)")
@@ -44,12 +47,17 @@ SECURITY_HEADERS = {
 NAV = [("/", "Jobs"), ("/data", "Data"), ("/models", "Models"), ("/compare", "Compare"), ("/playground", "Playground")]
 
 
-def session_token(api_key: str) -> str:
-    return hmac.new(api_key.encode(), b"tunery-console-session-v1", hashlib.sha256).hexdigest()
+SESSION_SECONDS = 7 * 24 * 3600  # a session's life: a copied cookie stops working after it
+
+
+def session_token(api_key: str, issued: int | None = None) -> str:
+    """`ISSUED.HMAC`: when the session began, signed with the key (so a new key ends every session)."""
+    issued = int(time.time()) if issued is None else issued
+    return f"{issued}.{hmac.new(api_key.encode(), f'tunery-console-session-v2:{issued}'.encode(), hashlib.sha256).hexdigest()}"
 
 
 def session_of(headers: dict, api_key: str) -> bool:
-    """Does the request carry the session cookie for this key?"""
+    """Does the request carry a live session cookie for this key?"""
     raw = headers.get(b"cookie", b"").decode("latin-1")
     if not raw:
         return False
@@ -58,7 +66,10 @@ def session_of(headers: dict, api_key: str) -> bool:
     except Exception:  # noqa: BLE001 - a malformed Cookie header is no session
         return False
     given = jar[COOKIE].value if COOKIE in jar else ""
-    return secrets.compare_digest(given.encode(), session_token(api_key).encode())
+    issued = given.split(".", 1)[0]
+    if not issued.isdigit() or len(issued) > 12 or not -60 <= time.time() - int(issued) <= SESSION_SECONDS:
+        return False
+    return secrets.compare_digest(given.encode(), session_token(api_key, int(issued)).encode())
 
 
 def cross_site_write(method: str, headers: dict) -> bool:
@@ -101,13 +112,15 @@ def router(api_key: str | None) -> APIRouter:
         return page("login", "Log in", next=_next(next))
 
     @r.post("/login")
-    def login(key: str = Form(""), next: str = Form("/")):
+    def login(request: Request, key: str = Form(""), next: str = Form("/")):
         if api_key is None:
             return RedirectResponse(_next(next), status_code=303)
         if not secrets.compare_digest(key.encode(), api_key.encode()):
+            time.sleep(LOGIN_FAILURE_DELAY)  # guesses at a human's pace, not a script's
             return page("login", "Log in", status=401, next=_next(next), error="That is not this server's API key.")
         out = RedirectResponse(_next(next), status_code=303)
-        out.set_cookie(COOKIE, session_token(api_key), httponly=True, samesite="strict", path="/")
+        out.set_cookie(COOKIE, session_token(api_key), httponly=True, samesite="strict", path="/",
+                       max_age=SESSION_SECONDS, secure=request.url.scheme == "https")
         return out
 
     @r.post("/logout")

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ModelNotFound, NotFound, RegistryError, TooLarge, TuneryError, field_of
+from ..errors import Busy, ModelNotFound, NotFound, RegistryError, TooLarge, TuneryError, field_of
 from .engine import Cancelled
 
 # (error class, HTTP status, error type, code); the first class the error is an instance of wins.
@@ -18,6 +18,7 @@ HTTP_ERRORS = [
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (NotFound, 404, "invalid_request_error", "not_found"),
     (TooLarge, 413, "invalid_request_error", "file_too_large"),
+    (Busy, 429, "rate_limit_error", "too_many_tasks"),
     (RegistryError, 500, "server_error", None),
     (Cancelled, 503, "server_error", "unavailable"),
     (TuneryError, 400, "invalid_request_error", "invalid_request"),

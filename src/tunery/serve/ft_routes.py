@@ -45,7 +45,7 @@ def router(max_upload_bytes: int, catalog: Catalog) -> APIRouter:
             raise APIError(415, "the request body must be JSON (Content-Type: application/json)")
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
             raise APIError(400, "the request body must be JSON") from None
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")

@@ -43,9 +43,12 @@ def files_dir() -> Path:
 
 def save_file(filename: str, purpose: str, source, max_bytes: int) -> dict:
     """Stream an upload to disk (refusing past max_bytes), then record it."""
-    suffix = Path(filename or "").suffix.lower()
+    name = re.sub(r"[\x00-\x1f\x7f/\\]", "_", Path((filename or "upload").replace("\x00", "_")).name)[:255] or "upload"
+    suffix = Path(name).suffix.lower()
     if purpose == "fine-tune" and suffix not in UPLOAD_SUFFIXES:
         suffix = ".jsonl"  # the hosted API's format; the data doctor reports a file that isn't
+    elif not re.fullmatch(r"\.[a-z0-9]{1,10}", suffix):
+        suffix = ""  # the client's name is kept in the record; on disk, only a short plain suffix
     file_id = "file-" + secrets.token_hex(12)
     dest = files_dir() / f"{file_id}{suffix}"
     tmp = dest.with_name(f".{dest.name}.part")
@@ -59,7 +62,7 @@ def save_file(filename: str, purpose: str, source, max_bytes: int) -> dict:
                 raise TooLarge(f"file is larger than the server's limit of {max_bytes} bytes", "file")
             out.write(chunk)
     tmp.rename(dest)
-    row = {"id": file_id, "filename": Path(filename or "upload").name, "purpose": purpose, "bytes": size,
+    row = {"id": file_id, "filename": name, "purpose": purpose, "bytes": size,
            "path": str(dest), "created_at": int(time.time())}
     with connect() as conn, transaction(conn):
         rows.insert_file(conn, row)
@@ -367,7 +370,8 @@ def control(job_id: str, action: str) -> dict:
 
 def list_events(job_id: str, after: str | None, limit: int) -> dict:
     get_job(job_id)
-    after_id = int(after.split("-")[-1]) if after and after.startswith("ftevent-") and after.split("-")[-1].isdigit() else None
+    tail = after.split("-")[-1] if after and after.startswith("ftevent-") else ""
+    after_id = int(tail) if tail.isdigit() and len(tail) <= 18 else None  # within SQLite's 64-bit integers
     with connect() as conn:
         events = rows.list_events(conn, job_id, after_id, limit + 1)
     data = [{"object": "fine_tuning.job.event", "id": f"ftevent-{e['id']}", "created_at": e["created_at"],

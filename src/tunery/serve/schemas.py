@@ -53,10 +53,18 @@ class AssistantToolCall(BaseModel):
     function: CalledFunction
 
 
+class ContentPart(BaseModel):
+    """A part of a message's content: text (other kinds, such as images, are not read)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(..., max_length=64)
+    text: str | None = None
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list | None = None
+    content: str | list[ContentPart] | None = None
     tool_calls: list[AssistantToolCall] | None = Field(None, max_length=128)  # an assistant's earlier calls
     tool_call_id: str | None = Field(None, max_length=256)  # a tool message: the call it answers
 
@@ -89,7 +97,7 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)  # with the prompt, within the model's context (engine.submit)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1 - 16)  # choice i samples with seed + i, in torch's int64
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -4,7 +4,8 @@ another base, compare it against its base and the prompt-only baseline.
 Each runs in the web process, one at a time (a second waits its turn: two evaluations on the
 same cores only slow each other), and is answered at once with a task object that
 `GET /v1/tunery/tasks/{id}` polls: {"id", "object": "tunery.task", "kind", "status": queued |
-running | succeeded | failed, "created_at", "finished_at", "error", "result"}. Their outcomes
+running | succeeded | failed, "created_at", "finished_at", "error", "result"}. At most MAX_WAITING
+are queued or running at once: another is refused (Busy, a 429), not queued without end. Their outcomes
 that matter after a restart are recorded where they always are (the registry's evals and
 models); the task objects themselves live in memory, the newest MAX_KEPT of them.
 
@@ -18,9 +19,10 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import NotFound, TuneryError
+from ..errors import Busy, NotFound, TuneryError
 
 MAX_KEPT = 200
+MAX_WAITING = 8  # tasks queued or running at once; past it a new one is refused (429), never dropped unseen
 TASK_ID_PREFIX = "task-"
 
 
@@ -37,9 +39,12 @@ class Tasks:
                 "subject": subject, "status": "queued", "created_at": int(time.time()), "started_at": None,
                 "finished_at": None, "error": None, "result": None}
         with self._lock:
+            if sum(t["status"] in ("queued", "running") for t in self._tasks.values()) >= MAX_WAITING:
+                raise Busy(f"{MAX_WAITING} tasks are already queued or running; try again when one has finished")
             self._tasks[task["id"]] = task
-            while len(self._tasks) > MAX_KEPT:
-                self._tasks.popitem(last=False)
+            while len(self._tasks) > MAX_KEPT:  # the oldest finished task goes (unfinished ones stay: at most MAX_WAITING)
+                oldest = next(k for k, t in self._tasks.items() if t["status"] not in ("queued", "running"))
+                del self._tasks[oldest]
         self._pool.submit(self._run, task, work, public)
         return dict(task)
 

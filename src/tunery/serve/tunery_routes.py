@@ -75,7 +75,7 @@ def router(catalog: Catalog, tasks: Tasks) -> APIRouter:
         return {"object": "tunery.data_check", "file_id": file_id, **report}
 
     @r.get("/files/{file_id}/examples/{k}")
-    def example(file_id: str, k: Annotated[int, Field(ge=1)], model: str = "default",
+    def example(file_id: str, k: Annotated[int, Field(ge=1, le=10**9)], model: str = "default",
                 mask: Literal["assistant", "last", "all"] = "assistant",
                 format: Literal["auto", "chat", "completion", "alpaca", "sharegpt", "text", "preference"] = "auto"):
         from ..config import DataConfig
@@ -112,7 +112,7 @@ def router(catalog: Catalog, tasks: Tasks) -> APIRouter:
         from ..workflows.lifecycle import reeval as run
 
         row = _row(ref)
-        return tasks.submit("reeval", row["name"], lambda: run(row["id"]), public=_public_rerun)
+        return tasks.submit("reeval", row["name"], lambda: run(row["id"], builtin_only=True), public=_public_rerun)
 
     @r.post("/models/{ref:path}/retrain")
     def retrain(ref: str, body: dict):
@@ -132,7 +132,7 @@ def router(catalog: Catalog, tasks: Tasks) -> APIRouter:
             import tempfile
 
             folder = tempfile.mkdtemp(prefix="run-", dir=out)  # a fresh folder per retrain, never reused
-            return run(row["id"], base, out=str(Path(folder) / "run"), progress=False)
+            return run(row["id"], base, out=str(Path(folder) / "run"), progress=False, builtin_only=True)
 
         return tasks.submit("retrain", row["name"], work, public=_public_rerun)
 
@@ -217,7 +217,7 @@ def _recorded_eval_file(row: dict) -> Path:
     from ..workflows.lifecycle import plan_eval
 
     with connect() as conn:
-        return plan_eval(conn, row).data
+        return plan_eval(conn, row, metrics=["exact"], builtin_only=True).data  # the file only: compare's own metrics
 
 
 def _compare(row: dict, data, name: str, req: Compare) -> dict:

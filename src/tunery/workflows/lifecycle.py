@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RegistryError, TuneryError, validated
+from ..errors import ConfigError, RegistryError, TuneryError, validated
 from ..files import file_digest
-from ..metrics import resolve_metrics, worse_by
+from ..metrics import BUILTIN, resolve_metrics, worse_by
 from ..registry import store
 from ..registry.db import connect
 from ..registry.hashing import tokenizer_hash
@@ -34,7 +34,10 @@ class EvalPlan:
 
 
 def plan_eval(conn, row: dict, eval_file: str | None = None, metrics: list[str] | None = None,
-              max_new_tokens: int | None = None) -> EvalPlan:
+              max_new_tokens: int | None = None, *, builtin_only: bool = False) -> EvalPlan:
+    """How to evaluate `row` again: a given file, else its recorded evaluation, else its validation
+    split. `builtin_only` (a request over the network): a recorded `module:function` metric is
+    refused, never imported in the server."""
     history = store.evals(conn, row["id"])
     own = [e for e in history if e["base_ref"] is None]  # not the runs that tried another base
     last = (own or history or [None])[-1]
@@ -55,6 +58,8 @@ def plan_eval(conn, row: dict, eval_file: str | None = None, metrics: list[str] 
         plan = _validation_plan(row, metrics or DEFAULT_METRICS)
     if max_new_tokens:
         plan.max_new_tokens = max_new_tokens
+    if builtin_only:
+        refuse_user_code(plan.metrics, row["name"], "recorded evaluation")
     resolve_metrics(plan.metrics)
     # The latest recorded result on the same bytes with the same metrics, on the model's own base.
     digest = file_digest(plan.data)
@@ -136,14 +141,18 @@ def _completed(conn, ref: str) -> dict:
 
 def retrain(ref: str, base: str, *, data: str | None = None, eval_file: str | None = None,
             metrics: list[str] | None = None, max_regression: float | None = None, out: str | None = None,
-            max_new_tokens: int | None = None, batch_size: int = 16, progress: bool = True) -> dict:
-    """Train the recorded recipe on `base` (and `data`), evaluate old and new the same way."""
+            max_new_tokens: int | None = None, batch_size: int = 16, progress: bool = True,
+            builtin_only: bool = False) -> dict:
+    """Train the recorded recipe on `base` (and `data`), evaluate old and new the same way.
+    `builtin_only`: as plan_eval's, for the recipe's training-time metric too."""
     from ..config import TrainConfig
     from ..training import train
 
     with connect() as conn:
         old = _completed(conn, ref)
-        plan = plan_eval(conn, old, eval_file, metrics, max_new_tokens)
+        plan = plan_eval(conn, old, eval_file, metrics, max_new_tokens, builtin_only=builtin_only)
+    if builtin_only:
+        refuse_user_code([old["config"].get("eval_metric") or "exact"], old["name"], "recipe's eval_metric")
     recipe = dict(old["config"]) | {"model": base, "resume": False, "derived_from": old["id"], "suffix": old["suffix"]}
     # The recorded absolute paths, not config.yaml's, which may be relative to another folder.
     recipe["data"] = data or old["data"]["train"]["file"]
@@ -172,6 +181,14 @@ def retrain(ref: str, base: str, *, data: str | None = None, eval_file: str | No
             "max_regression": max_regression, "regressions": regressions}
 
 
+def refuse_user_code(metrics: list[str], name: str, what: str) -> None:
+    """A ConfigError if any metric is a user's `module:function` (code the CLI runs, a server does not)."""
+    custom = [m for m in metrics if m not in BUILTIN]
+    if custom:
+        raise ConfigError(f"metrics: {name}'s {what} uses {', '.join(custom)}, code a server does not import for "
+                          "a request; run it from the command line (tunery reeval / retrain)", "metrics")
+
+
 def _data_notes(old: dict, data: str | None) -> list[str]:
     """Refuse a recipe whose data is gone (before any compute); note data that changed since."""
     if data:
@@ -185,14 +202,16 @@ def _data_notes(old: dict, data: str | None) -> list[str]:
 
 
 def reeval(ref: str, *, base: str | None = None, eval_file: str | None = None, metrics: list[str] | None = None,
-           max_regression: float | None = None, max_new_tokens: int | None = None, batch_size: int = 16) -> dict:
-    """Re-run the recorded evaluation, optionally with the adapter applied to another base."""
+           max_regression: float | None = None, max_new_tokens: int | None = None, batch_size: int = 16,
+           builtin_only: bool = False) -> dict:
+    """Re-run the recorded evaluation, optionally with the adapter applied to another base
+    (`builtin_only`: as plan_eval's)."""
     from ..generation import Generator
     from ..models import resolve_model
 
     with connect() as conn:
         old = _completed(conn, ref)
-        plan = plan_eval(conn, old, eval_file, metrics, max_new_tokens)
+        plan = plan_eval(conn, old, eval_file, metrics, max_new_tokens, builtin_only=builtin_only)
         target, notes = old["name"], []
         if base is not None:
             if old["artifact"] != "adapter":
