@@ -221,13 +221,36 @@ def test_a_recipe_constraint_is_recorded_and_evaluated_with_by_default(labelled,
     out = _cli(tmp_path, "eval", run.dir, "--data", test_file, "--max-new-tokens", "12", "--json")
     assert out.returncode == 0, out.stderr
     held = json.loads(out.stdout)
-    assert held["decoding"] == "constrained" and held["metrics"]["valid"] == 1.0
+    assert held["decoding"] == "constrained" and held["metrics"]["valid"] == 1.0 and held["grammar_errors"] == 0
     assert all(e["prediction"] in INTENTS for e in held["examples"])
     out = _cli(tmp_path, "eval", run.dir, "--data", test_file, "--max-new-tokens", "12", "--no-constrain", "--json")
     free = json.loads(out.stdout)
     assert free["decoding"] == "free" and free["metrics"]["valid"] < 1.0  # scored against the format all the same
     out = _cli(tmp_path, "generate", run.dir, "--prompt", "request 3", "--max-new-tokens", "12")
     assert out.returncode == 0 and out.stdout.strip() in INTENTS, out
+
+
+def test_an_answer_whose_grammar_gave_up_is_counted_not_hidden(labelled, monkeypatch):
+    """A grammar that reaches a parser limit ends its answer; eval says which and how many."""
+    from tunery.constrain import Constraint
+    from tunery.evaluate.evaluator import evaluate, format_options, load_cases, recorded_format
+    from tunery.generation import Generator
+
+    run, _, test_file, _ = labelled
+    real_copy = Constraint.copy
+
+    def broken(self):
+        c = real_copy(self)
+        c.matcher.consume_token(self.stop_ids[0])  # refused by the grammar: in error from the start
+        return c
+
+    monkeypatch.setattr(Constraint, "copy", broken)
+    cases = load_cases(test_file)
+    result = evaluate(Generator(str(run.dir)), cases, ["exact"], max_new_tokens=8,
+                      options=format_options(recorded_format(str(run.dir))))
+    assert result["grammar_errors"] == len(cases) - 1  # every answer but the first, whose grammar is the original
+    assert [("grammar_error" in e) for e in result["examples"]] == [False] + [True] * (len(cases) - 1)
+    assert result["metrics"]["valid"] <= 1 / len(cases)
 
 
 def test_choices_are_scored_by_log_probability(labelled, tmp_path):

@@ -273,6 +273,9 @@ def _show_eval(result: dict, model: str, data: Path) -> None:
     table.add_row("prompt tokens / request", f"{result['prompt_tokens_per_request']:.1f}")
     table.add_row("latency s / request", f"{result['latency_s_per_request']:.3f}")
     console().print(table)
+    if result.get("grammar_errors"):
+        print(f"warning: {result['grammar_errors']} answers ended where their grammar reached a parser limit "
+              "(counted invalid; `grammar_error` in --json names each)", file=sys.stderr)
 
 
 @app.command()

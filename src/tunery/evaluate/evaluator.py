@@ -163,11 +163,10 @@ def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | 
 
         prompts = [with_context(p, hits) for p, hits in zip(prompts, retrieved)]
     t0 = time.perf_counter()
-    ranked = None
+    ranked, constraints = None, None
     if options.get("score"):
         outputs, ranked = _scored(generator, prompts, fmt)
     else:
-        constraints = None
         if fmt is not None and options.get("constrained"):
             from ..constrain import Constraint
 
@@ -187,7 +186,9 @@ def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | 
         examples.append({"line": case.line, "prompt": case.prompt[-1]["content"] if case.prompt else "",
                          "reference": case.reference, "prediction": out.text, "scores": scores,
                          "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}
-                        | ({"top": [[c, round(p, 4)] for c, p in ranked[k][:3]]} if ranked is not None else {}))
+                        | ({"top": [[c, round(p, 4)] for c, p in ranked[k][:3]]} if ranked is not None else {})
+                        | ({"grammar_error": constraints[k].error[:200]}
+                           if constraints is not None and constraints[k].error else {}))
     means = {name: s / len(cases) for name, s in sums.items()}
     if loss is not None:
         means["loss"] = loss
@@ -201,6 +202,8 @@ def evaluate(generator, cases: list[Case], metrics: list[str], *, system: str | 
         "seconds": seconds,
         **({"format": fmt.describe(), "decoding": "scored" if options.get("score") else
             "constrained" if options.get("constrained") else "free"} if fmt is not None else {}),
+        # answers whose grammar gave up (a parser limit): ended there, so counted invalid, never hidden
+        **({"grammar_errors": sum("grammar_error" in e for e in examples)} if constraints is not None else {}),
     }
 
 
