@@ -98,7 +98,9 @@ def _train(cfg: TrainConfig, world: World, progress: bool = True, on_step: OnSte
         metric_key = _check_eval_metric(cfg)
         base = resolve_model(cfg.model)
         tokenizer = load_tokenizer(base)
-        train_set, val_set, data, val = load_data(cfg, tokenizer, warn=warn)
+        loaded = load_data(cfg, tokenizer, warn=warn) if world.main else None  # rank 0 encodes, into the cache
+    with world.agreeing():  # the others then read what rank 0 encoded (data/cache.py), not encode it again
+        train_set, val_set, data, val = loaded or load_data(cfg, tokenizer, warn=warn)
         for note in data.warnings or []:
             warn(note)
         folder = RunFolder(cfg.out) if cfg.out else RunFolder.default(cfg.data, cfg.method)
