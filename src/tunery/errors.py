@@ -73,7 +73,7 @@ def field_of(loc) -> str:
     for p in loc:
         if isinstance(p, int):
             out += f"[{p}]"  # a list's item: tools[0].function.name
-        elif not (p in ("body", "query", "path") or any(c in p for c in "[-(")):
+        elif not (p in ("body", "query", "path") or p in UNION_TAGS or any(c in p for c in "[-(")):
             out += f".{p}" if out else str(p)
     return out
 
@@ -84,12 +84,25 @@ BOUND_ERRORS = ("less_than_equal", "less_than", "greater_than_equal", "greater_t
                 "string_pattern_mismatch", "multiple_of")
 
 
-def config_error(exc, source: str = "") -> ConfigError:
-    """The one-line error for a pydantic ValidationError: its first problem, naming the field (of a
-    union's members' complaints about that field, a bound the value broke, when one did)."""
-    errs = exc.errors()
+UNION_TAGS = ("str", "int", "float", "bool", "none", "dict", "list", "bytes")  # how pydantic names a union's plain members
+
+
+def first_error(errs: list[dict]) -> dict:
+    """The one of pydantic's errors to report: the first field's; of a union's members' complaints
+    about it, a bound the value broke, when one did, else the member that read furthest into the
+    value (`content[0].text` is no string, over `content` is no string)."""
     first = field_of(errs[0]["loc"])
-    err = next((e for e in errs if field_of(e["loc"]) == first and e["type"] in BOUND_ERRORS), errs[0])
+    union = tuple(errs[0]["loc"][:-1])
+    deeper = [e for e in errs if len(e["loc"]) > len(errs[0]["loc"]) and tuple(e["loc"][: len(union)]) == union
+              and field_of(e["loc"]).startswith(first)]
+    return next((e for e in errs if field_of(e["loc"]) == first and e["type"] in BOUND_ERRORS),
+                max(deeper, key=lambda e: len(e["loc"])) if deeper else errs[0])
+
+
+def config_error(exc, source: str = "") -> ConfigError:
+    """The one-line error for a pydantic ValidationError: its first problem (`first_error`), naming
+    the field."""
+    err = first_error(exc.errors())
     field = field_of(err["loc"]) or "config"
     msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
     if err["type"] == "value_error":  # our validators' own words, without pydantic's "Value error, "

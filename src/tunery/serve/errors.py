@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import Busy, ModelNotFound, NotFound, RegistryError, TooLarge, TuneryError, field_of
+from ..errors import Busy, ModelNotFound, NotFound, RegistryError, TooLarge, TuneryError, field_of, first_error
 from .engine import Cancelled
 
 # (error class, HTTP status, error type, code); the first class the error is an instance of wins.
@@ -52,7 +52,7 @@ def install(app) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        err = exc.errors()[0]
+        err = first_error(list(exc.errors()))
         param = field_of(err.get("loc", ())) or None
         msg = "missing required parameter" if err.get("type") == "missing" else err.get("msg", "invalid request")
         return JSONResponse(error_body(f"{param}: {msg}" if param else msg, code="invalid_request", param=param),
