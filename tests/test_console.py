@@ -239,6 +239,8 @@ def test_a_keyless_server_answers_only_loopback_hosts_and_same_origin_writes(lab
         upload = dict(files={"file": ("x.jsonl", b"{}\n")}, data={"purpose": "fine-tune"})
         cross = local.post("/v1/files", headers={"Origin": "https://attacker.example"}, **upload)
         assert cross.status_code == 403 and cross.json()["error"]["code"] == "cross_origin"
+        assert local.post("/v1/files", headers={"Origin": "null"}, **upload).status_code == 403  # a sandboxed page
+        assert local.get("/v1/models", headers={"Host": "LOCALHOST:8000"}).status_code == 200
         assert local.post("/v1/files", headers={"Origin": "http://127.0.0.1:8000"}, **upload).status_code == 200
         assert local.post("/v1/files", **upload).status_code == 200  # a client without Origin: the openai SDK
 

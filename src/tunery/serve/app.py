@@ -187,8 +187,10 @@ class Guard:
     body without a Content-Length, or sent in chunks (Transfer-Encoding, which would frame it past its
     declared length), is refused (411). Without a key, a browser page asks for the login page; the
     login page and its script and style need none. Before all that: a Host outside `allowed_hosts`
-    is refused (DNS rebinding), and so is a request that changes state from a page of another
-    origin (its Origin header names another host: a web page posting to a keyless local server)."""
+    is refused (DNS rebinding), and, without a key, so is a request that changes state from a page
+    of another origin (its Origin header names another host, or is "null"): a web page posting to a
+    local server. (With a key, a page cannot send the Bearer header without a CORS preflight this
+    server never grants, nor use the console's cookie without its header.)"""
 
     def __init__(self, app, api_key: str | None, max_upload_bytes: int, allowed_hosts: tuple[str, ...] | None = None):
         self.app, self.api_key, self.max_upload_bytes = app, api_key, max_upload_bytes
@@ -198,13 +200,13 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        host = headers.get(b"host", b"").decode("latin-1")
+        host = headers.get(b"host", b"").decode("latin-1").lower()
         if self.allowed_hosts is not None and _hostname(host) not in self.allowed_hosts:
             return await _reply(send, 421, "this server answers only to the host names it was started for",
                                 code="host_not_allowed")
-        origin = headers.get(b"origin", b"").decode("latin-1")
-        if scope["method"] not in console.SAFE_METHODS and origin and origin != "null" \
-                and origin.split("://", 1)[-1] != host:
+        origin = headers.get(b"origin", b"").decode("latin-1").lower()
+        if self.api_key is None and scope["method"] not in console.SAFE_METHODS and origin \
+                and origin.split("://", 1)[-1] != host:  # "null" too: a sandboxed page's
             return await _reply(send, 403, "a request that changes state may not come from a page of another "
                                 "origin", code="cross_origin")
         if self.api_key is not None and not console.is_public(scope["path"]):
