@@ -235,3 +235,11 @@ def test_the_hint_is_the_clis_alone_and_crosses_processes():
     assert exc.line() == "model 'x' not found; run `tunery models list`"
     again = error_from(error_report(exc))
     assert isinstance(again, ModelNotFound) and again.line() == exc.line()
+
+
+def test_model_names_are_printed_as_written_not_as_emoji(capsys):
+    """`ft:m:train:...` holds `:m:`, rich's code for Ⓜ: a name must print as it is typed back."""
+    from tunery.cli_output import console
+
+    console().print("ft:m:train:45d561b5 ft:x:ok:new:1")
+    assert "ft:m:train:45d561b5 ft:x:ok:new:1" in capsys.readouterr().out

@@ -54,6 +54,10 @@ def test_export_refusals(lora_run, tiny_model, tmp_path):
     with pytest.raises(TuneryError, match="not empty"):
         export(lora_run.dir, "merged", tmp_path / "busy")
     assert (tmp_path / "busy" / "mine.txt").read_text() == "keep me"
+    for into in (tmp_path / "busy" / "mine.txt", tmp_path / "busy" / "mine.txt" / "sub"):  # a file where a folder goes
+        out = tunery_cli("export", lora_run.dir, "--format", "peft", "--out", into)
+        assert out.returncode == 1 and "mine.txt is a file" in out.stderr and "Traceback" not in out.stderr
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "keep me"
     out = tunery_cli("export", lora_run.dir, "--format", "onnx", "--out", tmp_path / "x")
     assert out.returncode == 2 and "format" in out.stderr and "Traceback" not in out.stderr
     with pytest.raises(TuneryError, match="not a tunery run"):

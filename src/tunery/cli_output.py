@@ -62,7 +62,8 @@ def console(stderr: bool = False):
     from rich.console import Console
 
     wide = not (sys.stderr if stderr else sys.stdout).isatty() and not os.environ.get("COLUMNS")
-    return Console(stderr=stderr, highlight=False, width=PIPED_WIDTH if wide else None)
+    return Console(stderr=stderr, highlight=False, emoji=False,  # `ft:m:train:...` stays a name, not Ⓜ
+                   width=PIPED_WIDTH if wide else None)
 
 
 def error_line(exc: TuneryError) -> str:
@@ -107,7 +108,7 @@ class Bars(Listener):
     def __init__(self, console=None):
         from rich.console import Console
 
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False, emoji=False)
         self.bars = None
         self.ids: dict[Task, int] = {}
 

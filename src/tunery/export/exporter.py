@@ -33,7 +33,7 @@ from ..models import load_model, load_tokenizer, resolve_model
 from ..progress import Task
 from ..registry import recorder
 from ..run_folder import RunFolder
-from .merge import save_merged
+from .merge import free_output, save_merged
 
 FORMATS = ("merged", "peft", "gguf", "ollama")
 MIN_AGREEMENT = 0.5  # share of greedy answers a lossy GGUF must give exactly as tunery does
@@ -59,9 +59,7 @@ def export(run: str | Path, fmt: str, out: str | Path, *, verify: bool = True, q
         raise TuneryError(f"{run} is not a tunery run (a run folder or a registered fine-tune)")
     if fmt == "peft" and resolved.adapter is None:
         raise TuneryError(f"{run} is a full fine-tune: it has no adapter to export; use --format merged")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise TuneryError(f"{out} already exists and is not empty; choose another output folder")
+    out = free_output(out)
     info = RunFolder(resolved.run).read_info()
     model_id = recorder.registered_id(str(resolved.run))  # a broken registry is reported before any work
     with Task(f"export {fmt}", len(_stages(fmt, verify, quant)), unit="stages") as task:

@@ -14,13 +14,22 @@ def merge_run(run: str | Path, out: str | Path) -> Path:
     resolved = resolve_model(str(run))
     if resolved.source != "run":
         raise TuneryError(f"{run} is not a tunery run folder (no run.json)")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise TuneryError(f"{out} already exists and is not empty; choose another output folder")
+    out = free_output(out)
     with Task("merge", 1, unit="stages", note="merge") as task:
         with atomic_dir(out) as tmp:
             save_merged(resolved, load_tokenizer(resolved), tmp)
         task.advance(note="")
+    return out
+
+
+def free_output(out: str | Path) -> Path:
+    """An export's output folder: absent or empty, and no file where it or a folder above it goes."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise TuneryError(f"{p} is a file, not a folder; choose another output folder")
+    if out.exists() and any(out.iterdir()):
+        raise TuneryError(f"{out} already exists and is not empty; choose another output folder")
     return out
 
 

@@ -14,6 +14,7 @@ import json
 import queue
 import secrets
 import time
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -177,7 +178,8 @@ def _ground(messages: list[dict], index, k: int) -> tuple[list[dict], list[dict]
     from ..retrieval import query_of, with_context
 
     hits = index.search(query_of(messages), k=k)
-    return with_context(messages, hits), [{"id": h.id, "source": h.source, "score": h.score} for h in hits]
+    # a citation names the document's file, never where the server keeps it
+    return with_context(messages, hits), [{"id": h.id, "source": Path(h.source).name, "score": h.score} for h in hits]
 
 
 class Guard:
