@@ -54,14 +54,25 @@ def constraint(req, tokenizer, stop_ids):
         return tools.constraint(req, tokenizer, stop_ids)
     if req.format is None:
         return None
-    field = SCHEMA_FIELD if req.format.json_schema is not None and req.format_given else \
-        FIELD if req.format_given else "constraint"
-    if req.tools and req.call_format is not None and req.tool_choice != "none":  # calls, or the formatted answer
+    field = _format_field(req)
+    if _calls_or_format(req):
         calls = tools.call_grammar(req, tokenizer, [t["function"]["name"] for t in req.tools])
         grammar = "\n".join(["start: calls | answer", calls.replace("start:", "calls:", 1),
                              *answer_rules(req.format, "answer", lenient=req.lenient)])
         return Constraint.from_lark(grammar, tokenizer, stop_ids, field)
     return Constraint.from_format(req.format, tokenizer, stop_ids, field, lenient=req.lenient)
+
+
+def _format_field(req) -> str:
+    """What a format error names: the request's schema, its response_format, or the recipe's constraint."""
+    if not req.format_given:
+        return "constraint"
+    return SCHEMA_FIELD if req.format.json_schema is not None else FIELD
+
+
+def _calls_or_format(req) -> bool:
+    """Tools left to the model beside a format: the answer is either calls or the formatted answer."""
+    return bool(req.tools) and req.call_format is not None and req.tool_choice != "none"
 
 
 def gbnf(fmt: AnswerFormat, field: str = FIELD) -> str:
@@ -79,10 +90,9 @@ def request_gbnf(req, special: dict[str, int]) -> str | None:
         return g.text(g.calls(req, req.forced, special, "tools" if len(req.forced) > 1 else "tool_choice"))
     if req.format is None:
         return None
-    field = SCHEMA_FIELD if req.format.json_schema is not None and req.format_given else \
-        FIELD if req.format_given else "constraint"
+    field = _format_field(req)
     answer = g.answer(req.format, field)
-    if req.tools and req.call_format is not None and req.tool_choice != "none":  # calls, or the formatted answer
+    if _calls_or_format(req):
         names = [t["function"]["name"] for t in req.tools]
         return g.text(f"({g.calls(req, names, special, 'tools')}) | {answer}")
     return g.text(answer)
